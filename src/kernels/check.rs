@@ -1,0 +1,20 @@
+//! Shape checks shared by the kernels; each returns a typed [`Error`](crate::Error) naming the op.
+
+use crate::{Error, Result};
+
+/// Checks that `shape` has rank ≥ 1 and last dimension `expected`.
+pub(crate) fn last_dim(op: &'static str, shape: &[usize], expected: usize) -> Result<()> {
+    match shape.last() {
+        Some(&d) if d == expected => Ok(()),
+        _ => Err(Error::shape(op, format!("[.., {expected}]"), shape)),
+    }
+}
+
+/// Checks that `shape` equals `expected` exactly.
+pub(crate) fn exact(op: &'static str, shape: &[usize], expected: &[usize]) -> Result<()> {
+    if shape == expected {
+        Ok(())
+    } else {
+        Err(Error::shape(op, format!("{expected:?}"), shape))
+    }
+}

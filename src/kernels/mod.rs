@@ -1,0 +1,16 @@
+//! Forward-mode (JVP) kernels for every transformer op.
+//!
+//! Each kernel takes [`Dual`](crate::Dual) inputs and returns the exact primal output plus the K
+//! output tangents. They share one structure, after llm.c: check shapes, compute the primal and
+//! the primal factors the tangent rule reuses (softmax probabilities, norm statistics, activation
+//! derivatives), then run the tangent part, which is linear in the input tangents, once for all K
+//! directions (stacked into the rows of one GEMM where the op is a matrix product). Symbolic-zero
+//! tangents are skipped. Every fast kernel has a naive `*_reference` twin used by the tests.
+
+mod check;
+pub mod gemm;
+pub mod linear;
+
+pub use linear::{
+    linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
+};

@@ -1,0 +1,19 @@
+//! # spry
+//!
+//! Forward-mode automatic differentiation (JVPs) for transformers, and memory-efficient federated
+//! finetuning of language models with it: the Spry algorithm (Panchal et al., NeurIPS 2024,
+//! arXiv 2405.15551).
+//!
+//! A forward pass over [`Dual`] values carries K tangent directions beside every activation and
+//! yields the directional derivatives `∇f·v_k` without storing any activation for a backward
+//! pass. See `docs/ARCHITECTURE.md` for the layout of the crate.
+#![deny(missing_docs)]
+
+pub mod dual;
+pub mod error;
+pub mod float;
+pub mod kernels;
+
+pub use dual::{Dual, common_k};
+pub use error::{Error, Result};
+pub use float::Float;
