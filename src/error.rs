@@ -49,6 +49,71 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A file is not what its format promises: bad magic, unsupported version, truncated or
+    /// corrupt header, oversized header, data out of bounds.
+    #[error("{path}: malformed {format} file: {msg}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The format it was read as (`safetensors`, `gguf`, `json`, ...).
+        format: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A tensor the model needs is absent from the checkpoint.
+    #[error("{path}: missing tensor `{name}`")]
+    MissingTensor {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+    },
+    /// A tensor has a shape other than the configuration implies.
+    #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    TensorShape {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The shape the configuration implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        got: Vec<usize>,
+    },
+    /// A tensor is stored in a data type spry cannot read.
+    #[error("{path}: tensor `{name}` has unsupported dtype {dtype}")]
+    UnsupportedDtype {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The data type, as the file names it.
+        dtype: String,
+    },
+    /// A weight holds NaN or ±∞.
+    #[error("{path}: tensor `{name}` holds a non-finite value at flat index {index}")]
+    NonFinite {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// Row-major index of the first non-finite element.
+        index: usize,
+    },
+    /// A configuration file is missing a field or holds an inconsistent value.
+    #[error("{path}: invalid config: {msg}")]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Building or running a tokenizer failed.
+    #[error("tokenizer: {msg}")]
+    Tokenizer {
+        /// What went wrong, as the tokenizers crate or spry reports it.
+        msg: String,
+    },
 }
 
 /// `Result` with spry's [`Error`].
