@@ -13,6 +13,8 @@ pub mod dual;
 pub mod error;
 pub mod float;
 pub mod kernels;
+pub mod metrics;
+pub mod rng;
 
 pub use dual::{Dual, common_k};
 pub use error::{Error, Result};
