@@ -14,6 +14,7 @@ pub mod error;
 pub mod float;
 pub mod kernels;
 pub mod metrics;
+pub mod modules;
 pub mod rng;
 
 pub use dual::{Dual, common_k};

@@ -1,0 +1,154 @@
+//! LoRA configured like Hugging Face PEFT.
+//!
+//! A targeted linear layer `y = xWᵀ + b` becomes `y = xWᵀ + b + s·(drop(x)Aᵀ)Bᵀ` with
+//! `A: [r, in]`, `B: [out, r]` and `s = α/r` (see [`crate::kernels::lora_linear`]). As in PEFT,
+//! A starts Kaiming-uniform (`U(−1/√in, 1/√in)`, PyTorch's `kaiming_uniform_(a=√5)`) and B at
+//! zero, so the adapted model starts equal to the base model.
+
+use ndarray::{Array2, ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+
+use crate::rng::{Domain, KeyedRng};
+use crate::{Error, Float, Result};
+
+/// LoRA hyper-parameters, serialised with PEFT's `adapter_config.json` field names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Always `"LORA"`.
+    #[serde(default = "lora_type")]
+    pub peft_type: String,
+    /// Rank r.
+    pub r: usize,
+    /// α; the update is scaled by α/r.
+    pub lora_alpha: f64,
+    /// Dropout probability on the adapter's input.
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Module names that get an adapter, matched against the last component(s) of the module
+    /// path (PEFT's suffix match), e.g. `["query", "value"]` or `["q_proj", "v_proj"]`.
+    pub target_modules: Vec<String>,
+    /// Modules trained in full and saved with the adapter (the task head), e.g. `["classifier"]`.
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    /// PEFT task type (`SEQ_CLS`, `CAUSAL_LM`, ...).
+    #[serde(default)]
+    pub task_type: Option<String>,
+    /// Base model the adapter belongs to.
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    /// Always `"none"` (no bias adaptation).
+    #[serde(default = "none_bias")]
+    pub bias: String,
+    /// Always false (weights are `[out, in]`).
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    /// Whether the adapter was saved for inference.
+    #[serde(default)]
+    pub inference_mode: bool,
+}
+
+fn lora_type() -> String {
+    "LORA".to_string()
+}
+fn none_bias() -> String {
+    "none".to_string()
+}
+
+impl Default for LoraConfig {
+    /// The Spry paper's setting: r = 1, α = 1, dropout 0.1 on `query` and `value`.
+    fn default() -> Self {
+        LoraConfig {
+            peft_type: lora_type(),
+            r: 1,
+            lora_alpha: 1.0,
+            lora_dropout: 0.1,
+            target_modules: vec!["query".into(), "value".into()],
+            modules_to_save: None,
+            task_type: None,
+            base_model_name_or_path: None,
+            bias: none_bias(),
+            fan_in_fan_out: false,
+            inference_mode: false,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// A config with rank `r`, scale numerator `alpha`, `dropout`, on `targets`.
+    pub fn new(r: usize, alpha: f64, dropout: f64, targets: &[&str]) -> Self {
+        LoraConfig {
+            r,
+            lora_alpha: alpha,
+            lora_dropout: dropout,
+            target_modules: targets.iter().map(|s| s.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The update scale s = α/r.
+    pub fn scale(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+
+    /// Whether the module at dotted `path` is targeted (PEFT's rule: the path equals a target or
+    /// ends with `.target`).
+    pub fn targets(&self, path: &str) -> bool {
+        self.target_modules
+            .iter()
+            .any(|t| path == t || path.ends_with(&format!(".{t}")))
+    }
+
+    /// Checks the hyper-parameters.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if r = 0, α is not finite, dropout is outside [0, 1), or the
+    /// type is not LORA.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "LoraConfig";
+        if self.peft_type != "LORA" {
+            return Err(Error::invalid(
+                OP,
+                format!("peft_type {} is not LORA", self.peft_type),
+            ));
+        }
+        if self.r == 0 {
+            return Err(Error::invalid(OP, "rank r must be at least 1"));
+        }
+        if !self.lora_alpha.is_finite() {
+            return Err(Error::invalid(OP, "lora_alpha must be finite"));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(Error::invalid(
+                OP,
+                format!("lora_dropout {} outside [0, 1)", self.lora_dropout),
+            ));
+        }
+        if self.fan_in_fan_out {
+            return Err(Error::invalid(
+                OP,
+                "fan_in_fan_out (Conv1D weights) is not supported",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Initial (A, B) for a `[out, in]` layer: A ~ U(−1/√in, 1/√in) from the `Init` stream keyed
+    /// by `(seed, index)`, B = 0.
+    ///
+    /// # Shapes
+    /// - A: `[r, in]`, B: `[out, r]`
+    pub fn init_pair<F: Float>(
+        &self,
+        in_features: usize,
+        out_features: usize,
+        seed: u64,
+        index: u64,
+    ) -> (ArrayD<F>, ArrayD<F>) {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let mut rng = KeyedRng::new(seed, Domain::Init, &[index]);
+        let mut a = Array2::<F>::zeros((self.r, in_features));
+        rng.fill_uniform(a.as_slice_mut().expect("fresh array"), -bound, bound);
+        let b = ArrayD::<F>::zeros(IxDyn(&[out_features, self.r]));
+        (a.into_dyn(), b)
+    }
+}

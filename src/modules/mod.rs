@@ -1,0 +1,8 @@
+//! Trainable modules on top of the kernels: LoRA adapters and the ordered registry of trainable
+//! parameters that the Spry planner splits among clients.
+
+pub mod lora;
+pub mod trainable;
+
+pub use lora::LoraConfig;
+pub use trainable::{Directions, Trainable, Unit};
