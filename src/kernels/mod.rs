@@ -10,7 +10,9 @@
 mod check;
 pub mod gemm;
 pub mod linear;
+pub mod lora;
 
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
+pub use lora::{lora_linear, lora_linear_reference};
