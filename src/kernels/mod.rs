@@ -8,10 +8,12 @@
 //! tangents are skipped. Every fast kernel has a naive `*_reference` twin used by the tests.
 
 mod check;
+pub mod elementwise;
 pub mod gemm;
 pub mod linear;
 pub mod lora;
 
+pub use elementwise::{add, add_into, add_reference};
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
