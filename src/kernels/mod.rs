@@ -9,11 +9,13 @@
 
 mod check;
 pub mod elementwise;
+pub mod embedding;
 pub mod gemm;
 pub mod linear;
 pub mod lora;
 
 pub use elementwise::{add, add_into, add_reference};
+pub use embedding::{embedding, embedding_dual, embedding_dual_reference, embedding_reference};
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
