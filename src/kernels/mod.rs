@@ -13,6 +13,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod linear;
 pub mod lora;
+pub mod pooling;
 
 pub use elementwise::{add, add_into, add_reference};
 pub use embedding::{embedding, embedding_dual, embedding_dual_reference, embedding_reference};
@@ -20,3 +21,4 @@ pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
 pub use lora::{lora_linear, lora_linear_reference};
+pub use pooling::{first_token_pool, first_token_pool_reference, mean_pool, mean_pool_reference};
