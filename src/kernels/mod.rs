@@ -8,6 +8,7 @@
 //! tangents are skipped. Every fast kernel has a naive `*_reference` twin used by the tests.
 
 mod check;
+pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
@@ -15,6 +16,10 @@ pub mod linear;
 pub mod lora;
 pub mod pooling;
 
+pub use cross_entropy::{
+    CrossEntropy, cross_entropy, cross_entropy_logit_grad, cross_entropy_logit_grad_reference,
+    cross_entropy_reference, cross_entropy_with_grad,
+};
 pub use elementwise::{add, add_into, add_reference};
 pub use embedding::{embedding, embedding_dual, embedding_dual_reference, embedding_reference};
 pub use linear::{
