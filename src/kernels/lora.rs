@@ -29,8 +29,8 @@ use crate::{Dual, Error, Float, Result, common_k};
 /// `y = x·Wᵀ + b + s·(x̃·Aᵀ)·Bᵀ`, `x̃ = x ⊙ mask`.
 ///
 /// Tangent: `ẏ = ẋ·Wᵀ + s·[(x̃̇·Aᵀ + x̃·Ȧᵀ)·Bᵀ + (x̃·Aᵀ)·Ḃᵀ]` with `x̃̇ = ẋ ⊙ mask`: the *same* mask
-/// multiplies the primal and every tangent direction, as in PyTorch's forward AD through
-/// `nn.Dropout`. The mask holds the already-scaled dropout factors (`0` or `1/(1−p)`), as the
+/// multiplies the primal and every tangent direction (one forward pass draws one mask, a
+/// constant of the function being differentiated). The mask holds the already-scaled dropout factors (`0` or `1/(1−p)`), as the
 /// caller's seeded dropout draws them; `None` means no dropout (evaluation, or `p = 0`). The
 /// dropout applies to the adapter branch only, as PEFT's `lora_dropout` does.
 ///

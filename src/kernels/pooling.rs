@@ -8,7 +8,7 @@
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Ix2, Ix3, s};
 
 use super::check;
-use crate::{Dual, Error, Float, Result};
+use crate::{Dual, Float, Result};
 
 /// Masked mean over the sequence: `y[b, :] = Σ_t m[b, t]·x[b, t, :] / n_b` with
 /// `n_b = Σ_t m[b, t]`, and `ẏ_k` the same op on `ẋ_k`.
@@ -21,7 +21,7 @@ use crate::{Dual, Error, Float, Result};
 /// - `x`: `[B, T, H]` (tangent `[K, B, T, H]`), `mask`: `[B, T]`, output `[B, H]`
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] if `mask` is not `[B, T]`.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) if `mask` is not `[B, T]`.
 pub fn mean_pool<F: Float>(x: &Dual<F, Ix3>, mask: ArrayView2<'_, bool>) -> Result<Dual<F, Ix2>> {
     const OP: &str = "mean_pool";
     let (bsz, t, h) = x.primal().dim();
@@ -72,13 +72,11 @@ fn mean_pool_into<F: Float>(
 /// - `x`: `[B, T, H]` with `T ≥ 1` (tangent `[K, B, T, H]`), output `[B, H]`
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] if `T = 0`.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) if `T = 0`.
 pub fn first_token_pool<F: Float>(x: &Dual<F, Ix3>) -> Result<Dual<F, Ix2>> {
     const OP: &str = "first_token_pool";
-    let (bsz, t, h) = x.primal().dim();
-    if t == 0 {
-        return Err(Error::shape(OP, "[B, T >= 1, H]", x.shape()));
-    }
+    let (bsz, _, h) = x.primal().dim();
+    check::nonempty_axis(OP, x.shape(), 1, "[B, T >= 1, H]")?;
     // y[B, H] = x[:, 0, :]
     let y = x
         .primal()
@@ -151,10 +149,8 @@ pub fn mean_pool_reference<F: Float>(
 /// As [`first_token_pool`].
 pub fn first_token_pool_reference<F: Float>(x: &Dual<F, Ix3>) -> Result<Dual<F, Ix2>> {
     const OP: &str = "first_token_pool_reference";
-    let (bsz, t, h) = x.primal().dim();
-    if t == 0 {
-        return Err(Error::shape(OP, "[B, T >= 1, H]", x.shape()));
-    }
+    let (bsz, _, h) = x.primal().dim();
+    check::nonempty_axis(OP, x.shape(), 1, "[B, T >= 1, H]")?;
     let mut y = Array2::zeros((bsz, h));
     for b in 0..bsz {
         for j in 0..h {
