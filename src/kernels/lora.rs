@@ -48,7 +48,6 @@ use crate::{Dual, Error, Float, Result, common_k};
 ///   `[r, in]`, `b` is not `[out, r]` (rank or output mismatch), or the mask's shape differs
 ///   from `x`'s.
 /// - [`Error::TangentCountMismatch`] if `x`, `a`, `b` carry different K.
-#[allow(clippy::too_many_arguments)]
 pub fn lora_linear<F: Float, D: Dimension>(
     x: &Dual<F, D>,
     w: ArrayView2<'_, F>,
@@ -192,7 +191,6 @@ fn check_lora_shapes<F: Float, D: Dimension>(
 ///
 /// # Errors
 /// As [`lora_linear`].
-#[allow(clippy::too_many_arguments)]
 pub fn lora_linear_reference<F: Float, D: Dimension>(
     x: &Dual<F, D>,
     w: ArrayView2<'_, F>,
