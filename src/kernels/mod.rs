@@ -8,9 +8,22 @@
 //! tangents are skipped. Every fast kernel has a naive `*_reference` twin used by the tests.
 
 mod check;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
 pub mod gemm;
 pub mod linear;
+pub mod lora;
+pub mod pooling;
 
+pub use cross_entropy::{
+    CrossEntropy, cross_entropy, cross_entropy_logit_grad, cross_entropy_logit_grad_reference,
+    cross_entropy_reference, cross_entropy_with_grad,
+};
+pub use elementwise::{add, add_into, add_reference};
+pub use embedding::{embedding, embedding_dual, embedding_dual_reference, embedding_reference};
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
+pub use lora::{lora_linear, lora_linear_reference};
+pub use pooling::{first_token_pool, first_token_pool_reference, mean_pool, mean_pool_reference};

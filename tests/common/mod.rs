@@ -97,3 +97,24 @@ pub fn direction(t: &[f64], len: usize, k: usize) -> &[f64] {
 pub fn values(n: usize) -> impl Strategy<Value = Vec<f64>> {
     prop::collection::vec(-2.0f64..2.0, n)
 }
+
+/// Converts an f64 dual value to f32 (for the f32 instantiation checks).
+pub fn dual_to_f32<D: Dimension>(d: &Dual<f64, D>) -> Dual<f32, D> {
+    let p = d.primal().mapv(|v| v as f32);
+    let t = d.tangent().map(|t| t.mapv(|v| v as f32));
+    Dual::with_tangent(p, t).expect("consistent")
+}
+
+/// Flattens an f32 array to f64 values (row-major).
+pub fn flat_f32<D: Dimension>(a: &Array<f32, D>) -> Vec<f64> {
+    a.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// A strategy for `n` dropout-mask entries: `0` (dropped) or `1/(1 − p)` with `p = 0.25`.
+pub fn dropout_mask(n: usize) -> impl Strategy<Value = Vec<f64>> {
+    prop::collection::vec(prop::bool::weighted(0.75), n).prop_map(|keep| {
+        keep.iter()
+            .map(|&k| if k { 1.0 / 0.75 } else { 0.0 })
+            .collect()
+    })
+}
