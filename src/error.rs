@@ -108,6 +108,24 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A client update was rejected before it changed anything.
+    #[error("update from client {client} for round {round} rejected: {reason}")]
+    RejectedUpdate {
+        /// The client that sent it.
+        client: u64,
+        /// The round it claims.
+        round: u64,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A federated round could not complete (too few clients survived, ...).
+    #[error("round {round}: {reason}")]
+    Round {
+        /// The round.
+        round: u64,
+        /// What went wrong.
+        reason: String,
+    },
     /// Building or running a tokenizer failed.
     #[error("tokenizer: {msg}")]
     Tokenizer {

@@ -33,7 +33,7 @@ pub trait Float:
     /// Converts an `f64` (a constant or a statistic) to this type, rounding to nearest.
     fn from_f64(v: f64) -> Self;
     /// Widens to `f64`.
-    fn to_f64(self) -> f64;
+    fn as_f64(self) -> f64;
     /// Converts a count (a row length, a batch size) to this type.
     fn from_usize(n: usize) -> Self {
         Self::from_f64(n as f64)
@@ -47,7 +47,7 @@ impl Float for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
     }
-    fn to_f64(self) -> f64 {
+    fn as_f64(self) -> f64 {
         self as f64
     }
 }
@@ -59,7 +59,7 @@ impl Float for f64 {
     fn from_f64(v: f64) -> Self {
         v
     }
-    fn to_f64(self) -> f64 {
+    fn as_f64(self) -> f64 {
         self
     }
 }

@@ -9,8 +9,10 @@
 //! pass. See `docs/ARCHITECTURE.md` for the layout of the crate.
 #![deny(missing_docs)]
 
+pub mod data;
 pub mod dual;
 pub mod error;
+pub mod federated;
 pub mod float;
 pub mod kernels;
 pub mod metrics;

@@ -166,7 +166,7 @@ impl<F: Float> Trainable<F> {
             values: self
                 .values
                 .iter()
-                .map(|v| v.mapv(|x| G::from_f64(x.to_f64())))
+                .map(|v| v.mapv(|x| G::from_f64(x.as_f64())))
                 .collect(),
             unit_of: self.unit_of.clone(),
             units: self.units.clone(),

@@ -1,0 +1,393 @@
+//! Server side: validating client updates, averaging each trainable tensor over the clients that
+//! trained it, and the server optimizers (FedAvg, FedAdam, FedYogi, FedAdagrad).
+//!
+//! For parameter p trained by the clients S_p this round, `w̄_p = Σ_{i∈S_p} n_i w_{i,p} / Σ n_i`,
+//! `Δ_p = w̄_p − w_p`, and the server optimizer turns Δ into the new global value (Reddi et al.,
+//! "Adaptive Federated Optimization", with Flower's defaults and update rules):
+//!
+//! ```text
+//! FedAvg:     w ← w + η·Δ
+//! FedAdam:    m ← β1·m + (1−β1)·Δ;  v ← β2·v + (1−β2)·Δ²;                    w ← w + η·m/(√v + τ)
+//! FedYogi:    m ← β1·m + (1−β1)·Δ;  v ← v − (1−β2)·Δ²·sign(v − Δ²);          w ← w + η·m/(√v + τ)
+//! FedAdagrad: m ← β1·m + (1−β1)·Δ;  v ← v + Δ²;                               w ← w + η·m/(√v + τ)
+//! ```
+//! m and v start at zero, with no bias correction. A parameter nobody trained keeps its value and
+//! its optimizer state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ndarray::ArrayD;
+use serde::{Deserialize, Serialize};
+
+use crate::modules::Trainable;
+use crate::{Error, Float, Result};
+
+/// What a client sends back after local training (per-epoch mode): its trained tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientUpdate<F: Float> {
+    /// The physical client id.
+    pub client: u64,
+    /// The round the update belongs to.
+    pub round: u64,
+    /// Number of local training examples (the averaging weight).
+    pub n_examples: u64,
+    /// (parameter index, new value) for each tensor the client trained.
+    pub params: Vec<(usize, ArrayD<F>)>,
+}
+
+/// What the server expects this round: which client may send which parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RoundExpectation {
+    /// The round number.
+    pub round: u64,
+    /// Allowed parameter indices per sampled client.
+    pub allowed: BTreeMap<u64, BTreeSet<usize>>,
+}
+
+/// A server optimizer with its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerOptimizer {
+    /// `w ← w + η·Δ` (η = 1: plain averaging).
+    FedAvg {
+        /// η.
+        eta: f64,
+    },
+    /// FedAdam.
+    FedAdam {
+        /// η.
+        eta: f64,
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// τ.
+        tau: f64,
+    },
+    /// FedYogi.
+    FedYogi {
+        /// η.
+        eta: f64,
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// τ.
+        tau: f64,
+    },
+    /// FedAdagrad.
+    FedAdagrad {
+        /// η.
+        eta: f64,
+        /// β1.
+        beta1: f64,
+        /// τ.
+        tau: f64,
+    },
+}
+
+impl ServerOptimizer {
+    /// FedAvg with η = 1.
+    pub fn fedavg() -> Self {
+        ServerOptimizer::FedAvg { eta: 1.0 }
+    }
+    /// FedYogi with Flower's defaults (η = 1e-2, β1 = 0.9, β2 = 0.99, τ = 1e-3), as the Spry
+    /// reference uses.
+    pub fn fedyogi() -> Self {
+        ServerOptimizer::FedYogi {
+            eta: 1e-2,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+        }
+    }
+    /// FedAdam with Flower's defaults (η = 1e-1, β1 = 0.9, β2 = 0.99, τ = 1e-9).
+    pub fn fedadam() -> Self {
+        ServerOptimizer::FedAdam {
+            eta: 1e-1,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-9,
+        }
+    }
+    /// FedAdagrad with Flower's defaults (η = 1e-1, β1 = 0, τ = 1e-9).
+    pub fn fedadagrad() -> Self {
+        ServerOptimizer::FedAdagrad {
+            eta: 1e-1,
+            beta1: 0.0,
+            tau: 1e-9,
+        }
+    }
+    /// Name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerOptimizer::FedAvg { .. } => "fedavg",
+            ServerOptimizer::FedAdam { .. } => "fedadam",
+            ServerOptimizer::FedYogi { .. } => "fedyogi",
+            ServerOptimizer::FedAdagrad { .. } => "fedadagrad",
+        }
+    }
+}
+
+/// Turns per-parameter averages into a new global model.
+pub trait Aggregator<F: Float> {
+    /// Applies `averages[p]` (the weighted average of parameter p over its contributors, or
+    /// `None` if nobody trained it) to `global`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if an average's shape differs from its parameter's.
+    fn apply(&mut self, global: &mut Trainable<F>, averages: &[Option<ArrayD<F>>]) -> Result<()>;
+}
+
+/// A [`ServerOptimizer`] with its moment state (flat, one vector per parameter, created when the
+/// parameter is first updated).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerState {
+    /// The optimizer.
+    pub optimizer: ServerOptimizer,
+    m: Vec<Option<Vec<f64>>>,
+    v: Vec<Option<Vec<f64>>>,
+}
+
+impl ServerState {
+    /// Fresh (zero) state for `n_params` parameters.
+    pub fn new(optimizer: ServerOptimizer, n_params: usize) -> Self {
+        ServerState {
+            optimizer,
+            m: vec![None; n_params],
+            v: vec![None; n_params],
+        }
+    }
+}
+
+impl<F: Float> Aggregator<F> for ServerState {
+    fn apply(&mut self, global: &mut Trainable<F>, averages: &[Option<ArrayD<F>>]) -> Result<()> {
+        const OP: &str = "ServerState::apply";
+        if averages.len() != global.len() || self.m.len() != global.len() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{} averages for {} parameters",
+                    averages.len(),
+                    global.len()
+                ),
+            ));
+        }
+        for (p, avg) in averages.iter().enumerate() {
+            if let Some(a) = avg
+                && a.shape() != global.value(p).shape()
+            {
+                return Err(Error::shape(
+                    OP,
+                    format!("{:?}", global.value(p).shape()),
+                    a.shape(),
+                ));
+            }
+        }
+        for (p, avg) in averages.iter().enumerate() {
+            let Some(avg) = avg else { continue };
+            let n = avg.len();
+            let w = global.value_mut(p);
+            let m = self.m[p].get_or_insert_with(|| vec![0.0; n]);
+            let v = self.v[p].get_or_insert_with(|| vec![0.0; n]);
+            for (((wv, av), mv), vv) in w
+                .iter_mut()
+                .zip(avg.iter())
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+            {
+                let wf = wv.as_f64();
+                let delta = av.as_f64() - wf;
+                let new = match self.optimizer {
+                    ServerOptimizer::FedAvg { eta } => wf + eta * delta,
+                    ServerOptimizer::FedAdam {
+                        eta,
+                        beta1,
+                        beta2,
+                        tau,
+                    } => {
+                        *mv = beta1 * *mv + (1.0 - beta1) * delta;
+                        *vv = beta2 * *vv + (1.0 - beta2) * delta * delta;
+                        wf + eta * *mv / (vv.sqrt() + tau)
+                    }
+                    ServerOptimizer::FedYogi {
+                        eta,
+                        beta1,
+                        beta2,
+                        tau,
+                    } => {
+                        *mv = beta1 * *mv + (1.0 - beta1) * delta;
+                        let d2 = delta * delta;
+                        *vv -= (1.0 - beta2) * d2 * sign(*vv - d2);
+                        wf + eta * *mv / (vv.sqrt() + tau)
+                    }
+                    ServerOptimizer::FedAdagrad { eta, beta1, tau } => {
+                        *mv = beta1 * *mv + (1.0 - beta1) * delta;
+                        *vv += delta * delta;
+                        wf + eta * *mv / (vv.sqrt() + tau)
+                    }
+                };
+                *wv = F::from_f64(new);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// numpy's sign: −1, 0 or 1.
+fn sign(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// Checks one update against the round's expectation and the global shapes, without changing
+/// anything.
+///
+/// # Errors
+/// [`Error::RejectedUpdate`] for a wrong round, an unknown (unsampled) or duplicate client, a
+/// parameter the client was not assigned or that does not exist, a repeated parameter, a shape
+/// mismatch, a non-finite value, or zero examples.
+pub fn validate_update<F: Float>(
+    update: &ClientUpdate<F>,
+    expected: &RoundExpectation,
+    global: &Trainable<F>,
+    already: &BTreeSet<u64>,
+) -> Result<()> {
+    let reject = |reason: String| Error::RejectedUpdate {
+        client: update.client,
+        round: update.round,
+        reason,
+    };
+    if update.round != expected.round {
+        return Err(reject(format!(
+            "stale or future round (server is at round {})",
+            expected.round
+        )));
+    }
+    let Some(allowed) = expected.allowed.get(&update.client) else {
+        return Err(reject("client was not sampled this round".into()));
+    };
+    if already.contains(&update.client) {
+        return Err(reject("duplicate update from this client".into()));
+    }
+    if update.n_examples == 0 {
+        return Err(reject("zero training examples".into()));
+    }
+    let mut seen = BTreeSet::new();
+    for (p, value) in &update.params {
+        if *p >= global.len() {
+            return Err(reject(format!("unknown parameter index {p}")));
+        }
+        if !allowed.contains(p) {
+            return Err(reject(format!(
+                "parameter `{}` was not assigned to this client",
+                global.names()[*p]
+            )));
+        }
+        if !seen.insert(*p) {
+            return Err(reject(format!(
+                "parameter `{}` sent twice",
+                global.names()[*p]
+            )));
+        }
+        if value.shape() != global.value(*p).shape() {
+            return Err(reject(format!(
+                "parameter `{}` has shape {:?}, expected {:?}",
+                global.names()[*p],
+                value.shape(),
+                global.value(*p).shape()
+            )));
+        }
+        if let Some(i) = value.iter().position(|v| !v.is_finite()) {
+            return Err(reject(format!(
+                "parameter `{}` holds a non-finite value at {i}",
+                global.names()[*p]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Per-parameter averages weighted by `n_examples` over the clients that sent each parameter.
+pub fn weighted_averages<F: Float>(
+    updates: &[ClientUpdate<F>],
+    n_params: usize,
+) -> Vec<Option<ArrayD<F>>> {
+    let mut sums: Vec<Option<(ArrayD<f64>, f64)>> = vec![None; n_params];
+    for u in updates {
+        let w = u.n_examples as f64;
+        for (p, value) in &u.params {
+            let entry = sums[*p].get_or_insert_with(|| (ArrayD::zeros(value.shape()), 0.0));
+            entry.0.zip_mut_with(value, |s, v| *s += w * v.as_f64());
+            entry.1 += w;
+        }
+    }
+    sums.into_iter()
+        .map(|s| s.map(|(sum, total)| sum.mapv(|v| F::from_f64(v / total))))
+        .collect()
+}
+
+/// The outcome of one aggregation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AggregationReport {
+    /// Clients whose updates were applied.
+    pub accepted: Vec<u64>,
+    /// Rejected updates and why (they changed nothing).
+    pub rejected: Vec<(u64, String)>,
+    /// Parameters nobody trained this round (kept as they were).
+    pub untrained: Vec<usize>,
+}
+
+/// Validates every update, drops the invalid ones, and if at least `min_clients` remain, applies
+/// the per-parameter weighted averages through `aggregator`.
+///
+/// # Errors
+/// [`Error::Round`] if fewer than `min_clients` valid updates arrived; the global state is then
+/// untouched.
+pub fn aggregate_round<F: Float, A: Aggregator<F>>(
+    global: &mut Trainable<F>,
+    aggregator: &mut A,
+    expected: &RoundExpectation,
+    updates: Vec<ClientUpdate<F>>,
+    min_clients: usize,
+) -> Result<AggregationReport> {
+    let mut accepted_ids = BTreeSet::new();
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for u in updates {
+        match validate_update(&u, expected, global, &accepted_ids) {
+            Ok(()) => {
+                accepted_ids.insert(u.client);
+                accepted.push(u);
+            }
+            Err(e) => rejected.push((u.client, e.to_string())),
+        }
+    }
+    if accepted.len() < min_clients.max(1) {
+        return Err(Error::Round {
+            round: expected.round,
+            reason: format!(
+                "{} valid updates, at least {} required",
+                accepted.len(),
+                min_clients.max(1)
+            ),
+        });
+    }
+    let averages = weighted_averages(&accepted, global.len());
+    let untrained = averages
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.is_none())
+        .map(|(p, _)| p)
+        .collect();
+    aggregator.apply(global, &averages)?;
+    Ok(AggregationReport {
+        accepted: accepted.iter().map(|u| u.client).collect(),
+        rejected,
+        untrained,
+    })
+}

@@ -1,0 +1,180 @@
+//! A Spry client: local training on forward gradients over its assigned units only.
+//!
+//! For every minibatch: draw K directions on the assigned tensors (replayable from
+//! `(seed, round, client, step, k, tensor)`), run one dual forward pass that returns the loss and
+//! the K JVP scalars, form `ĝ = (1/K) Σ jvp_k v_k`, and step the local optimizer. Tensors that
+//! the objective can differentiate exactly at no activation cost (a task head sitting on the last
+//! activation) may take their exact gradient instead of a forward-gradient estimate.
+
+use ndarray::{Array1, ArrayD};
+use serde::{Deserialize, Serialize};
+
+use super::estimator::{Estimate, EstimatorConfig, forward_gradient};
+use super::optim::{LocalOptimizer, OptimizerState};
+use super::perturb::{StepKey, directions};
+use crate::modules::{Directions, DropoutKey, Trainable};
+use crate::{Float, Result};
+
+/// What one dual pass of an objective returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossJvp<F: Float> {
+    /// The mean loss of the batch.
+    pub loss: F,
+    /// One JVP scalar per direction (`None` when the pass carried no direction).
+    pub jvp: Option<Array1<F>>,
+    /// Exact gradients the objective computed for free (parameter index, gradient), if asked.
+    pub exact: Vec<(usize, ArrayD<F>)>,
+}
+
+/// A model plus its loss over batches of some kind: what a client trains.
+pub trait Objective<F: Float>: Sync {
+    /// A minibatch.
+    type Batch: Sync;
+
+    /// One pass over `batch`: the mean loss, the JVP scalars for `dirs`, and, for the parameters
+    /// in `exact_for` that [`Objective::exact_params`] lists, their exact gradients.
+    ///
+    /// # Errors
+    /// Model and kernel errors.
+    fn loss_jvp(
+        &self,
+        batch: &Self::Batch,
+        params: &Trainable<F>,
+        dirs: &Directions<F>,
+        dropout: Option<&DropoutKey>,
+        exact_for: &[usize],
+    ) -> Result<LossJvp<F>>;
+
+    /// Parameters whose exact gradient the objective can return without storing activations
+    /// (for a classifier: the head's weight and bias).
+    fn exact_params(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
+    /// Number of examples in a batch (the averaging weight).
+    fn batch_len(&self, batch: &Self::Batch) -> usize;
+}
+
+/// How a client treats tensors with an exact gradient available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeadGrad {
+    /// Use the exact gradient (an outer product of the primal pass; no extra memory).
+    Exact,
+    /// Use the forward-gradient estimate like every other tensor (the paper's recipe).
+    Forward,
+}
+
+/// Local-training settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientConfig {
+    /// Directions per step, all in one dual pass.
+    pub k: usize,
+    /// Passes over the local data per round.
+    pub local_epochs: usize,
+    /// The local optimizer.
+    pub optimizer: LocalOptimizer,
+    /// JVP clipping.
+    pub jvp_clip: Option<f64>,
+    /// Exact or forward gradient for the head.
+    pub head_grad: HeadGrad,
+    /// Apply LoRA dropout during local training.
+    pub dropout: bool,
+}
+
+/// What a client reports after local training.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalReport {
+    /// Steps taken.
+    pub steps: usize,
+    /// Steps skipped because a JVP was non-finite.
+    pub skipped: usize,
+    /// Mean training loss over the steps taken.
+    pub mean_loss: f64,
+    /// Examples seen (one epoch's worth: the averaging weight).
+    pub n_examples: u64,
+}
+
+/// Trains `params` in place on `batches` for `cfg.local_epochs`, perturbing only `assigned`.
+///
+/// `state` carries the optimizer moments (reset by the caller between rounds, or kept).
+///
+/// # Errors
+/// Objective errors.
+pub fn train_local<F: Float, O: Objective<F>>(
+    objective: &O,
+    params: &mut Trainable<F>,
+    assigned: &[usize],
+    batches: &[O::Batch],
+    cfg: &ClientConfig,
+    state: &mut OptimizerState,
+    key: StepKey,
+) -> Result<LocalReport> {
+    let exact_available = objective.exact_params();
+    let exact_for: Vec<usize> = match cfg.head_grad {
+        HeadGrad::Exact => assigned
+            .iter()
+            .copied()
+            .filter(|p| exact_available.contains(p))
+            .collect(),
+        HeadGrad::Forward => Vec::new(),
+    };
+    let perturbed: Vec<usize> = assigned
+        .iter()
+        .copied()
+        .filter(|p| !exact_for.contains(p))
+        .collect();
+    let est_cfg = EstimatorConfig {
+        jvp_clip: cfg.jvp_clip,
+    };
+    let (mut steps, mut skipped, mut loss_sum) = (0usize, 0usize, 0.0f64);
+    let mut step = 0u64;
+    for _epoch in 0..cfg.local_epochs {
+        for batch in batches {
+            let step_key = StepKey { step, ..key };
+            step += 1;
+            let dirs = if perturbed.is_empty() {
+                Directions::none(params.len())
+            } else {
+                directions(params, &perturbed, cfg.k, step_key)?
+            };
+            let dropout = cfg.dropout.then(|| DropoutKey {
+                seed: key.seed,
+                parts: vec![key.round, key.client, step_key.step],
+            });
+            let out = objective.loss_jvp(batch, params, &dirs, dropout.as_ref(), &exact_for)?;
+            let mut grads: Vec<Option<ArrayD<F>>> = match out.jvp.as_ref() {
+                Some(jvp) => {
+                    match forward_gradient(jvp.as_slice().expect("contiguous"), &dirs, &est_cfg)? {
+                        Estimate::Gradient(g) => g,
+                        Estimate::NonFinite => {
+                            skipped += 1;
+                            continue;
+                        }
+                    }
+                }
+                None => vec![None; params.len()],
+            };
+            if !out.loss.is_finite() {
+                skipped += 1;
+                continue;
+            }
+            for (p, g) in out.exact {
+                grads[p] = Some(g);
+            }
+            state.step(&cfg.optimizer, params, &grads)?;
+            steps += 1;
+            loss_sum += out.loss.as_f64();
+        }
+    }
+    let n_examples = batches.iter().map(|b| objective.batch_len(b) as u64).sum();
+    Ok(LocalReport {
+        steps,
+        skipped,
+        mean_loss: if steps > 0 {
+            loss_sum / steps as f64
+        } else {
+            f64::NAN
+        },
+        n_examples,
+    })
+}

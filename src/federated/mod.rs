@@ -1,0 +1,22 @@
+//! The Spry algorithm and its baselines as a library: perturbations replayable from a seed, the
+//! forward-gradient estimator, local optimizers, weight-splitting planners, per-unit aggregation
+//! with server optimizers, communication modes, data partitions and an in-process simulation.
+
+pub mod aggregate;
+pub mod client;
+pub mod estimator;
+pub mod optim;
+pub mod perturb;
+pub mod planner;
+
+pub use aggregate::{
+    AggregationReport, Aggregator, ClientUpdate, RoundExpectation, ServerOptimizer, ServerState,
+    aggregate_round, validate_update, weighted_averages,
+};
+pub use client::{ClientConfig, HeadGrad, LocalReport, LossJvp, Objective, train_local};
+pub use estimator::{Estimate, EstimatorConfig, forward_gradient};
+pub use optim::{LocalOptimizer, OptimizerState};
+pub use perturb::{StepKey, direction, directions};
+pub use planner::{
+    AllUnitsPlanner, DepthAwarePlanner, Plan, Planner, ReferencePlanner, ReshufflePlanner,
+};

@@ -1,0 +1,171 @@
+//! A frozen linear layer that may carry a LoRA adapter.
+
+use ndarray::{Array, Array1, Array2, Dimension, Ix2};
+
+use super::lora::LoraConfig;
+use super::trainable::{Directions, Trainable, param_dual};
+use crate::kernels::{linear, lora_linear};
+use crate::rng::{Domain, KeyedRng};
+use crate::{Dual, Float, Result};
+
+/// Where a LoRA adapter's tensors live in the [`Trainable`] registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdapterSlot {
+    /// Index of `lora_A.weight` (`[r, in]`).
+    pub a: usize,
+    /// Index of `lora_B.weight` (`[out, r]`).
+    pub b: usize,
+    /// Index of the adapter's unit.
+    pub unit: usize,
+}
+
+/// Keys the dropout masks of one forward pass: masks come from the `Dropout` stream keyed by
+/// `(seed, parts.., unit)`, so a pass can be replayed exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DropoutKey {
+    /// Run seed.
+    pub seed: u64,
+    /// Position of the pass, e.g. `[round, client, step]`.
+    pub parts: Vec<u64>,
+}
+
+/// A linear layer `y = xWᵀ + b` with a frozen weight `[out, in]` (Hugging Face layout), optionally
+/// adapted by LoRA: `y = xWᵀ + b + s·(drop(x)Aᵀ)Bᵀ`.
+#[derive(Clone, Debug)]
+pub struct FrozenLinear<F: Float> {
+    /// Dotted module path, e.g. `encoder.layer.0.attention.self.query`.
+    pub path: String,
+    /// Weight `[out, in]`.
+    pub weight: Array2<F>,
+    /// Bias `[out]`.
+    pub bias: Option<Array1<F>>,
+    /// The LoRA adapter, if this module is targeted.
+    pub adapter: Option<AdapterSlot>,
+}
+
+impl<F: Float> FrozenLinear<F> {
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.nrows()
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weight.ncols()
+    }
+
+    /// Registers a LoRA adapter for this layer in `trainable` if `lora` targets its path.
+    /// Parameter names follow PEFT: `{prefix}{path}.lora_A.weight` / `.lora_B.weight`.
+    ///
+    /// # Errors
+    /// As [`Trainable::push_unit`].
+    pub fn attach_lora(
+        &mut self,
+        lora: &LoraConfig,
+        prefix: &str,
+        seed: u64,
+        trainable: &mut Trainable<F>,
+    ) -> Result<()> {
+        if !lora.targets(&self.path) {
+            return Ok(());
+        }
+        let index = trainable.len() as u64;
+        let (a, b) = lora.init_pair::<F>(self.in_features(), self.out_features(), seed, index);
+        let base = format!("{prefix}{}", self.path);
+        let unit = trainable.push_unit(
+            self.path.clone(),
+            vec![
+                (format!("{base}.lora_A.weight"), a),
+                (format!("{base}.lora_B.weight"), b),
+            ],
+        )?;
+        let params = trainable.units()[unit].params.clone();
+        self.adapter = Some(AdapterSlot {
+            a: params.start,
+            b: params.start + 1,
+            unit,
+        });
+        Ok(())
+    }
+
+    /// Applies the layer (with its adapter, if any) to a dual activation.
+    ///
+    /// # Shapes
+    /// - `x`: `[.., in]` → `[.., out]`
+    ///
+    /// # Errors
+    /// Shape and tangent-count errors of the kernels.
+    pub fn forward<D: Dimension>(
+        &self,
+        x: &Dual<F, D>,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+        lora: &LoraConfig,
+        dropout: Option<&DropoutKey>,
+    ) -> Result<Dual<F, D>> {
+        let Some(slot) = self.adapter else {
+            return linear(x, self.weight.view(), self.bias.as_ref().map(|b| b.view()));
+        };
+        let a = param_dual::<F, Ix2>(trainable, dirs, slot.a)?;
+        let b = param_dual::<F, Ix2>(trainable, dirs, slot.b)?;
+        let mask = match dropout {
+            Some(key) if lora.lora_dropout > 0.0 => Some(dropout_mask::<F, D>(
+                x.primal().raw_dim(),
+                lora.lora_dropout,
+                key,
+                slot.unit,
+            )),
+            _ => None,
+        };
+        lora_linear(
+            x,
+            self.weight.view(),
+            self.bias.as_ref().map(|b| b.view()),
+            &a,
+            &b,
+            F::from_f64(lora.scale()),
+            mask.as_ref().map(|m| m.view()),
+        )
+    }
+
+    /// The weight with the adapter merged in: `W + s·B·A` (for inference without the adapter).
+    ///
+    /// # Shapes
+    /// - `[out, in]`
+    pub fn merged_weight(&self, trainable: &Trainable<F>, lora: &LoraConfig) -> Array2<F> {
+        let Some(slot) = self.adapter else {
+            return self.weight.clone();
+        };
+        let view2 = |i: usize| {
+            trainable
+                .value(i)
+                .view()
+                .into_dimensionality::<Ix2>()
+                .expect("adapters are matrices")
+        };
+        let mut w = self.weight.clone();
+        ndarray::linalg::general_mat_mul(
+            F::from_f64(lora.scale()),
+            &view2(slot.b),
+            &view2(slot.a),
+            F::one(),
+            &mut w,
+        );
+        w
+    }
+}
+
+/// An inverted-dropout mask shaped like the activation: entries 0 with probability `p`, else
+/// `1/(1−p)`; drawn from the `Dropout` stream keyed by `key` and the adapter's unit.
+pub fn dropout_mask<F: Float, D: Dimension>(
+    shape: D,
+    p: f64,
+    key: &DropoutKey,
+    unit: usize,
+) -> Array<F, D> {
+    let mut parts = key.parts.clone();
+    parts.push(unit as u64);
+    let mut rng = KeyedRng::new(key.seed, Domain::Dropout, &parts);
+    let keep = F::from_f64(1.0 / (1.0 - p));
+    Array::from_shape_simple_fn(shape, || if rng.uniform() < p { F::zero() } else { keep })
+}
