@@ -79,6 +79,8 @@ pub struct ClientConfig {
     pub head_grad: HeadGrad,
     /// Apply LoRA dropout during local training.
     pub dropout: bool,
+    /// Perturbation scale ε of the zero-order baseline (FedMeZO); unused by forward gradients.
+    pub zo_eps: f64,
 }
 
 /// What a client reports after local training.

@@ -1,0 +1,681 @@
+//! The in-process federated simulation: Spry, FedFgd and FedMeZO over any [`FederatedTask`].
+//!
+//! Each round: sample M clients (seeded), plan which units each trains, let every sampled client
+//! train a copy of the global trainable tensors on its own data (or, per-iteration, exchange JVP
+//! scalars step by step), validate and aggregate the updates per tensor, step the server
+//! optimizer, evaluate every `eval_every` rounds, and checkpoint. All randomness is keyed by
+//! `(seed, round, client, step, ...)`, so a run resumed from its checkpoint ends bit-identical to
+//! an uninterrupted one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::ArrayD;
+use serde::{Deserialize, Serialize};
+
+use super::aggregate::{
+    ClientUpdate, RoundExpectation, ServerOptimizer, ServerState, aggregate_round,
+};
+use super::client::{ClientConfig, Objective, train_local};
+use super::comm::{self, CommMode, RoundBytes};
+use super::estimator::{Estimate, EstimatorConfig, forward_gradient};
+use super::mezo::train_local_mezo;
+use super::optim::OptimizerState;
+use super::perturb::{StepKey, directions};
+use super::planner::{
+    AllUnitsPlanner, DepthAwarePlanner, Planner, ReferencePlanner, ReshufflePlanner,
+};
+use crate::modules::{DropoutKey, Trainable};
+use crate::rng::{Domain, KeyedRng};
+use crate::{Error, Float, Result};
+
+/// Model quality on some examples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy for classification tasks.
+    pub accuracy: Option<f64>,
+    /// Number of examples (or tokens) evaluated.
+    pub n: usize,
+}
+
+/// An objective with federated data: what the simulation trains.
+pub trait FederatedTask<F: Float>: Objective<F> {
+    /// Number of clients.
+    fn n_clients(&self) -> usize;
+    /// Client `client`'s training batches for `round` (shuffled with a key of the task's seed,
+    /// the round and the client).
+    ///
+    /// # Errors
+    /// Tokenisation or data errors.
+    fn train_batches(
+        &self,
+        client: usize,
+        round: u64,
+        batch_size: usize,
+    ) -> Result<Vec<Self::Batch>>;
+    /// Quality on the global test set.
+    ///
+    /// # Errors
+    /// Model errors.
+    fn evaluate(&self, params: &Trainable<F>) -> Result<Evaluation>;
+    /// Quality on client `client`'s local test split.
+    ///
+    /// # Errors
+    /// Model errors.
+    fn evaluate_client(&self, client: usize, params: &Trainable<F>) -> Result<Evaluation>;
+}
+
+/// The training method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    /// Forward gradients on the units the planner assigns (the paper's method).
+    Spry,
+    /// Forward gradients on every unit at every client (no splitting).
+    FedFgd,
+    /// Two-point zero-order (SPSA) estimates on every unit.
+    FedMezo,
+}
+
+/// Which planner splits the units (Spry only; the baselines train every unit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlannerKind {
+    /// Unit j → slot j mod M, fixed.
+    Reference,
+    /// The reference rule over a per-round permutation.
+    Reshuffle,
+    /// Contiguous blocks, deepest first.
+    Depth,
+}
+
+/// Everything that defines a run (saved in the checkpoint; a resume must use the same).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    /// Training method.
+    pub method: Method,
+    /// Clients sampled per round (M).
+    pub clients_per_round: usize,
+    /// Number of rounds.
+    pub rounds: u64,
+    /// Minibatch size.
+    pub batch_size: usize,
+    /// Communication mode.
+    pub comm: CommMode,
+    /// Planner (Spry).
+    pub planner: PlannerKind,
+    /// Server optimizer.
+    pub server: ServerOptimizer,
+    /// Local training settings.
+    pub client: ClientConfig,
+    /// Keep each client's optimizer state across rounds instead of resetting it (the reference
+    /// resets).
+    pub keep_client_state: bool,
+    /// Run seed.
+    pub seed: u64,
+    /// Evaluate on the test set every this many rounds (and after the last).
+    pub eval_every: u64,
+    /// Probability that a sampled client drops out of a round (simulated failures).
+    pub drop_prob: f64,
+    /// A round fails (and is retried with the next round's sample) below this many updates.
+    pub min_clients: usize,
+    /// Clients trained concurrently (each on its own thread).
+    pub workers: usize,
+}
+
+/// One row of the metrics log.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundMetrics {
+    /// Round number (1-based: the state after this many rounds).
+    pub round: u64,
+    /// Wall time since the run started (summed over resumed segments).
+    pub wall_s: f64,
+    /// Mean local training loss of the round's clients.
+    pub train_loss: f64,
+    /// Test evaluation, on evaluation rounds.
+    pub test: Option<Evaluation>,
+    /// Bytes this round.
+    pub bytes: RoundBytes,
+    /// Steps skipped for non-finite JVPs this round.
+    pub skipped_steps: usize,
+    /// Updates rejected this round.
+    pub rejected: usize,
+    /// Why the round failed, if it did (too few valid updates): the global state is unchanged.
+    pub failed: Option<String>,
+}
+
+/// The resumable state of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The run's configuration.
+    pub config: SimConfig,
+    /// Rounds completed.
+    pub round: u64,
+    /// Global trainable tensors, flat, in registry order.
+    pub params: Vec<Vec<f32>>,
+    /// Server optimizer state.
+    pub server: ServerState,
+    /// Per-client optimizer states (when kept across rounds).
+    pub client_states: BTreeMap<u64, OptimizerState>,
+    /// Server-side optimizer state of per-iteration mode.
+    pub iteration_state: Option<OptimizerState>,
+    /// Metrics so far.
+    pub history: Vec<RoundMetrics>,
+}
+
+/// What a client sends per step in per-iteration mode: (client, its parameters, K JVP scalars,
+/// batch size, loss).
+type JvpUpload<F> = (u64, Vec<usize>, Vec<F>, usize, f64);
+
+/// A running simulation.
+pub struct Simulation<F: Float> {
+    /// Configuration.
+    pub config: SimConfig,
+    /// Global trainable tensors.
+    pub global: Trainable<F>,
+    server: ServerState,
+    client_states: BTreeMap<u64, OptimizerState>,
+    iteration_state: Option<OptimizerState>,
+    /// Rounds completed.
+    pub round: u64,
+    /// Metrics of every completed round.
+    pub history: Vec<RoundMetrics>,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+impl<F: Float> Simulation<F> {
+    /// A fresh run from initial tensors.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an inconsistent configuration.
+    pub fn new(config: SimConfig, initial: Trainable<F>) -> Result<Self> {
+        const OP: &str = "Simulation::new";
+        if config.clients_per_round == 0
+            || config.batch_size == 0
+            || config.client.k == 0
+            || config.workers == 0
+        {
+            return Err(Error::invalid(
+                OP,
+                "clients per round, batch size, K and workers must be positive",
+            ));
+        }
+        if !(0.0..1.0).contains(&config.drop_prob) {
+            return Err(Error::invalid(OP, "drop probability must be in [0, 1)"));
+        }
+        let server = ServerState::new(config.server, initial.len());
+        Ok(Simulation {
+            config,
+            global: initial,
+            server,
+            client_states: BTreeMap::new(),
+            iteration_state: None,
+            round: 0,
+            history: Vec::new(),
+        })
+    }
+
+    /// Resumes from a checkpoint; `initial` supplies the registry (names and shapes) the
+    /// checkpoint's values are loaded into.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the checkpoint does not match the registry or `config`.
+    pub fn resume(config: &SimConfig, mut initial: Trainable<F>, ckpt: Checkpoint) -> Result<Self> {
+        const OP: &str = "Simulation::resume";
+        if ckpt.config != *config {
+            return Err(Error::invalid(
+                OP,
+                "the checkpoint was written by a run with another configuration",
+            ));
+        }
+        if ckpt.params.len() != initial.len() {
+            return Err(Error::invalid(
+                OP,
+                "checkpoint and model have different trainable tensors",
+            ));
+        }
+        for (i, flat) in ckpt.params.iter().enumerate() {
+            let shape = initial.value(i).shape().to_vec();
+            let v = ArrayD::from_shape_vec(
+                shape.clone(),
+                flat.iter().map(|&x| F::from_f64(x as f64)).collect(),
+            )
+            .map_err(|_| Error::shape(OP, format!("{shape:?}"), &[flat.len()]))?;
+            initial.set_value(i, v)?;
+        }
+        Ok(Simulation {
+            config: ckpt.config,
+            global: initial,
+            server: ckpt.server,
+            client_states: ckpt.client_states,
+            iteration_state: ckpt.iteration_state,
+            round: ckpt.round,
+            history: ckpt.history,
+        })
+    }
+
+    /// The resumable state.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            config: self.config.clone(),
+            round: self.round,
+            params: self
+                .global
+                .values()
+                .iter()
+                .map(|v| v.iter().map(|x| x.as_f64() as f32).collect())
+                .collect(),
+            server: self.server.clone(),
+            client_states: self.client_states.clone(),
+            iteration_state: self.iteration_state.clone(),
+            history: self.history.clone(),
+        }
+    }
+
+    /// Writes the checkpoint to `path` atomically (write then rename).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec(&self.checkpoint())
+            .map_err(|e| Error::invalid("save_checkpoint", e.to_string()))?;
+        write_atomic(path, &json)
+    }
+
+    /// Reads a checkpoint written by [`Simulation::save_checkpoint`].
+    ///
+    /// # Errors
+    /// [`Error::Io`]; [`Error::Format`] for a corrupt file.
+    pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Format {
+            path: path.to_path_buf(),
+            format: "checkpoint",
+            msg: e.to_string(),
+        })
+    }
+
+    fn planner(&self) -> Box<dyn Planner> {
+        match (self.config.method, self.config.planner) {
+            (Method::FedFgd | Method::FedMezo, _) => Box::new(AllUnitsPlanner),
+            (Method::Spry, PlannerKind::Reference) => Box::new(ReferencePlanner),
+            (Method::Spry, PlannerKind::Reshuffle) => Box::new(ReshufflePlanner {
+                seed: self.config.seed,
+            }),
+            (Method::Spry, PlannerKind::Depth) => Box::new(DepthAwarePlanner),
+        }
+    }
+
+    /// The clients sampled in `round` (without replacement, in sampled order), and which of them
+    /// drop out.
+    pub fn sample_clients(&self, round: u64, n_clients: usize) -> (Vec<u64>, BTreeSet<u64>) {
+        let mut all: Vec<u64> = (0..n_clients as u64).collect();
+        let mut rng = KeyedRng::new(self.config.seed, Domain::Sampling, &[round, 0]);
+        rng.shuffle(&mut all);
+        all.truncate(self.config.clients_per_round.min(n_clients));
+        let dropped = all
+            .iter()
+            .copied()
+            .filter(|_| rng.uniform() < self.config.drop_prob)
+            .collect();
+        (all, dropped)
+    }
+
+    /// Parameter indices of a set of units.
+    fn params_of(&self, units: &[usize]) -> Vec<usize> {
+        units
+            .iter()
+            .flat_map(|&u| self.global.units()[u].params.clone())
+            .collect()
+    }
+
+    /// Runs one round and returns its metrics.
+    ///
+    /// # Errors
+    /// Task errors; [`Error::Round`] if too few clients returned valid updates (the global
+    /// state is then unchanged).
+    pub fn run_round<T: FederatedTask<F>>(&mut self, task: &T) -> Result<RoundMetrics> {
+        let round = self.round;
+        let (sampled, dropped) = self.sample_clients(round, task.n_clients());
+        let plan = self
+            .planner()
+            .plan(round, sampled.len(), self.global.units().len())?;
+        let assigned: Vec<Vec<usize>> = plan.units.iter().map(|u| self.params_of(u)).collect();
+        let (train_loss, bytes, skipped, rejected) = match self.config.comm {
+            CommMode::PerEpoch => self.round_per_epoch(task, &sampled, &dropped, &assigned)?,
+            CommMode::PerIteration => {
+                self.round_per_iteration(task, &sampled, &dropped, &assigned)?
+            }
+        };
+        self.round += 1;
+        let mut m = RoundMetrics {
+            round: self.round,
+            train_loss,
+            bytes,
+            skipped_steps: skipped,
+            rejected,
+            ..Default::default()
+        };
+        if self.round.is_multiple_of(self.config.eval_every.max(1))
+            || self.round == self.config.rounds
+        {
+            m.test = Some(task.evaluate(&self.global)?);
+        }
+        Ok(m)
+    }
+
+    fn round_per_epoch<T: FederatedTask<F>>(
+        &mut self,
+        task: &T,
+        sampled: &[u64],
+        dropped: &BTreeSet<u64>,
+        assigned: &[Vec<usize>],
+    ) -> Result<(f64, RoundBytes, usize, usize)> {
+        let round = self.round;
+        let cfg = &self.config;
+        let n_scalars = self.global.n_scalars();
+        let mut bytes = RoundBytes::default();
+        let jobs: Vec<(u64, Vec<usize>, OptimizerState)> = sampled
+            .iter()
+            .zip(assigned)
+            .filter(|(c, _)| !dropped.contains(c))
+            .map(|(&c, a)| {
+                let state = if cfg.keep_client_state {
+                    self.client_states
+                        .get(&c)
+                        .cloned()
+                        .unwrap_or_else(|| OptimizerState::new(self.global.len()))
+                } else {
+                    OptimizerState::new(self.global.len())
+                };
+                (c, a.clone(), state)
+            })
+            .collect();
+        for _ in sampled {
+            bytes.down += comm::download_model(n_scalars);
+        }
+        let global = &self.global;
+        let run_client = |(c, params, mut state): (u64, Vec<usize>, OptimizerState)| -> Result<(ClientUpdate<F>, OptimizerState, f64, usize)> {
+            let batches = task.train_batches(c as usize, round, cfg.batch_size)?;
+            let mut local = global.clone();
+            let key = StepKey {
+                seed: cfg.seed,
+                round,
+                client: c,
+                step: 0,
+            };
+            let report = match cfg.method {
+                Method::Spry | Method::FedFgd => train_local(task, &mut local, &params, &batches, &cfg.client, &mut state, key)?,
+                Method::FedMezo => train_local_mezo(task, &mut local, &params, &batches, &cfg.client, &mut state, key)?,
+            };
+            let update = ClientUpdate {
+                client: c,
+                round,
+                n_examples: report.n_examples,
+                params: params.iter().map(|&p| (p, local.value(p).clone())).collect(),
+            };
+            Ok((update, state, report.mean_loss, report.skipped))
+        };
+        let results = parallel_map(jobs, cfg.workers, run_client)?;
+        let mut updates = Vec::with_capacity(results.len());
+        let (mut loss_sum, mut n_loss, mut skipped) = (0.0, 0usize, 0usize);
+        let mut new_states = Vec::new();
+        for (update, state, loss, sk) in results {
+            let n_t = update.params.len();
+            let n_s: usize = update.params.iter().map(|(_, v)| v.len()).sum();
+            bytes.up += comm::upload_tensors(n_s, n_t);
+            if loss.is_finite() {
+                loss_sum += loss;
+                n_loss += 1;
+            }
+            skipped += sk;
+            new_states.push((update.client, state));
+            updates.push(update);
+        }
+        let expected = RoundExpectation {
+            round,
+            allowed: sampled
+                .iter()
+                .zip(assigned)
+                .map(|(&c, a)| (c, a.iter().copied().collect()))
+                .collect(),
+        };
+        let report = aggregate_round(
+            &mut self.global,
+            &mut self.server,
+            &expected,
+            updates,
+            cfg.min_clients,
+        )?;
+        if self.config.keep_client_state {
+            let accepted: BTreeSet<u64> = report.accepted.iter().copied().collect();
+            for (c, s) in new_states {
+                if accepted.contains(&c) {
+                    self.client_states.insert(c, s);
+                }
+            }
+        }
+        let mean = if n_loss > 0 {
+            loss_sum / n_loss as f64
+        } else {
+            f64::NAN
+        };
+        Ok((mean, bytes, skipped, report.rejected.len()))
+    }
+
+    fn round_per_iteration<T: FederatedTask<F>>(
+        &mut self,
+        task: &T,
+        sampled: &[u64],
+        dropped: &BTreeSet<u64>,
+        assigned: &[Vec<usize>],
+    ) -> Result<(f64, RoundBytes, usize, usize)> {
+        let round = self.round;
+        let cfg = self.config.clone();
+        if cfg.method == Method::FedMezo {
+            return Err(Error::invalid(
+                "Simulation",
+                "per-iteration mode is defined for forward-gradient methods",
+            ));
+        }
+        let n_scalars = self.global.n_scalars();
+        let mut bytes = RoundBytes::default();
+        let active: Vec<(u64, &Vec<usize>)> = sampled
+            .iter()
+            .copied()
+            .zip(assigned)
+            .filter(|(c, _)| !dropped.contains(c))
+            .collect();
+        if active.len() < cfg.min_clients.max(1) {
+            return Err(Error::Round {
+                round,
+                reason: format!(
+                    "{} clients left after dropouts, at least {} required",
+                    active.len(),
+                    cfg.min_clients.max(1)
+                ),
+            });
+        }
+        bytes.down += comm::download_model(n_scalars) * active.len() as u64;
+        let batches: Vec<Vec<T::Batch>> = active
+            .iter()
+            .map(|(c, _)| task.train_batches(*c as usize, round, cfg.batch_size))
+            .collect::<Result<_>>()?;
+        let steps = batches.iter().map(Vec::len).max().unwrap_or(0) * cfg.client.local_epochs;
+        let mut state = self
+            .iteration_state
+            .take()
+            .unwrap_or_else(|| OptimizerState::new(self.global.len()));
+        if !cfg.keep_client_state {
+            state = OptimizerState::new(self.global.len());
+        }
+        let est_cfg = EstimatorConfig {
+            jvp_clip: cfg.client.jvp_clip,
+        };
+        let (mut loss_sum, mut n_loss, mut skipped) = (0.0, 0usize, 0usize);
+        for step in 0..steps {
+            // clients: one dual pass each on the current global, upload K scalars
+            let global = &self.global;
+            let work: Vec<(usize, u64, Vec<usize>)> = active
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !batches[*i].is_empty())
+                .map(|(i, (c, a))| (i, *c, (*a).clone()))
+                .collect();
+            let uploads = parallel_map(
+                work,
+                cfg.workers,
+                |(i, c, params)| -> Result<JvpUpload<F>> {
+                    let batch = &batches[i][step % batches[i].len()];
+                    let key = StepKey {
+                        seed: cfg.seed,
+                        round,
+                        client: c,
+                        step: step as u64,
+                    };
+                    let dirs = directions(global, &params, cfg.client.k, key)?;
+                    let dropout = cfg.client.dropout.then(|| DropoutKey {
+                        seed: cfg.seed,
+                        parts: vec![round, c, step as u64],
+                    });
+                    let out = task.loss_jvp(batch, global, &dirs, dropout.as_ref(), &[])?;
+                    let jvp = out.jvp.map(|j| j.to_vec()).unwrap_or_default();
+                    Ok((c, params, jvp, task.batch_len(batch), out.loss.as_f64()))
+                },
+            )?;
+            bytes.up += uploads
+                .iter()
+                .map(|_| comm::upload_jvps(cfg.client.k))
+                .sum::<u64>();
+            bytes.down += comm::broadcast_jvps(cfg.client.k, uploads.len());
+            // server: replay each client's directions from the seed, average per tensor, step
+            let mut sums: Vec<Option<(ArrayD<F>, f64)>> = vec![None; self.global.len()];
+            for (c, params, jvp, n, loss) in uploads {
+                let key = StepKey {
+                    seed: cfg.seed,
+                    round,
+                    client: c,
+                    step: step as u64,
+                };
+                let dirs = directions(&self.global, &params, cfg.client.k, key)?;
+                match forward_gradient(&jvp, &dirs, &est_cfg)? {
+                    Estimate::NonFinite => skipped += 1,
+                    Estimate::Gradient(g) => {
+                        for (p, g) in g.into_iter().enumerate() {
+                            if let Some(g) = g {
+                                let e =
+                                    sums[p].get_or_insert_with(|| (ArrayD::zeros(g.shape()), 0.0));
+                                e.0.scaled_add(F::from_usize(n), &g);
+                                e.1 += n as f64;
+                            }
+                        }
+                        if loss.is_finite() {
+                            loss_sum += loss;
+                            n_loss += 1;
+                        }
+                    }
+                }
+            }
+            let grads: Vec<Option<ArrayD<F>>> = sums
+                .into_iter()
+                .map(|s| s.map(|(g, w)| g.mapv(|v| v / F::from_f64(w))))
+                .collect();
+            state.step(&cfg.client.optimizer, &mut self.global, &grads)?;
+        }
+        self.iteration_state = Some(state);
+        let mean = if n_loss > 0 {
+            loss_sum / n_loss as f64
+        } else {
+            f64::NAN
+        };
+        Ok((mean, bytes, skipped, 0))
+    }
+
+    /// Runs until `config.rounds`, checkpointing after every round to `checkpoint` (if given)
+    /// and calling `on_round` with each round's metrics.
+    ///
+    /// # Errors
+    /// As [`Simulation::run_round`]; checkpoint I/O errors.
+    pub fn run<T: FederatedTask<F>>(
+        &mut self,
+        task: &T,
+        checkpoint: Option<&Path>,
+        mut on_round: impl FnMut(&RoundMetrics),
+    ) -> Result<()> {
+        let start = Instant::now();
+        let offset = self.history.last().map_or(0.0, |m| m.wall_s);
+        while self.round < self.config.rounds {
+            let mut m = match self.run_round(task) {
+                Ok(m) => m,
+                Err(Error::Round { round, reason }) => {
+                    // a failed round changes nothing but the round counter (the next sample differs)
+                    self.round += 1;
+                    RoundMetrics {
+                        round: round + 1,
+                        train_loss: f64::NAN,
+                        failed: Some(reason),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            m.wall_s = offset + start.elapsed().as_secs_f64();
+            on_round(&m);
+            self.history.push(m);
+            if let Some(p) = checkpoint {
+                self.save_checkpoint(p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Maps `f` over `items` on up to `workers` threads, preserving order; the first error wins.
+pub fn parallel_map<I: Send, O: Send>(
+    items: Vec<I>,
+    workers: usize,
+    f: impl Fn(I) -> Result<O> + Sync,
+) -> Result<Vec<O>> {
+    if workers <= 1 || items.len() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let n = items.len();
+    let mut slots: Vec<Option<Result<O>>> = (0..n).map(|_| None).collect();
+    let queue = std::sync::Mutex::new(
+        items
+            .into_iter()
+            .enumerate()
+            .collect::<Vec<_>>()
+            .into_iter(),
+    );
+    let results = std::sync::Mutex::new(&mut slots);
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(n) {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().expect("queue").next();
+                    let Some((i, item)) = next else { break };
+                    let r = f(item);
+                    results.lock().expect("results")[i] = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
