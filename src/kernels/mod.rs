@@ -7,6 +7,7 @@
 //! directions (stacked into the rows of one GEMM where the op is a matrix product). Symbolic-zero
 //! tangents are skipped. Every fast kernel has a naive `*_reference` twin used by the tests.
 
+pub mod activation;
 mod check;
 pub mod cross_entropy;
 pub mod elementwise;
@@ -14,8 +15,13 @@ pub mod embedding;
 pub mod gemm;
 pub mod linear;
 pub mod lora;
+pub mod norm;
 pub mod pooling;
 
+pub use activation::{
+    GeluKind, gelu, gelu_reference, silu, silu_reference, swiglu, swiglu_reference, tanh,
+    tanh_reference,
+};
 pub use cross_entropy::{
     CrossEntropy, cross_entropy, cross_entropy_logit_grad, cross_entropy_logit_grad_reference,
     cross_entropy_reference, cross_entropy_with_grad,
@@ -26,4 +32,5 @@ pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
 pub use lora::{lora_linear, lora_linear_reference};
+pub use norm::{layer_norm, layer_norm_dual, norm_reference, rms_norm, rms_norm_dual};
 pub use pooling::{first_token_pool, first_token_pool_reference, mean_pool, mean_pool_reference};
