@@ -18,3 +18,17 @@ pub(crate) fn exact(op: &'static str, shape: &[usize], expected: &[usize]) -> Re
         Err(Error::shape(op, format!("{expected:?}"), shape))
     }
 }
+
+/// Checks that axis `axis` of `shape` is not empty; `expected` describes the required shape
+/// (e.g. `"[B, T >= 1, H]"`).
+pub(crate) fn nonempty_axis(
+    op: &'static str,
+    shape: &[usize],
+    axis: usize,
+    expected: &str,
+) -> Result<()> {
+    match shape.get(axis) {
+        Some(&d) if d > 0 => Ok(()),
+        _ => Err(Error::shape(op, expected, shape)),
+    }
+}

@@ -10,7 +10,9 @@
 mod check;
 pub mod gemm;
 pub mod linear;
+pub mod softmax;
 
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
+pub use softmax::{log_softmax, log_softmax_reference, softmax, softmax_reference};
