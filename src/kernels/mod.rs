@@ -7,11 +7,13 @@
 //! directions (stacked into the rows of one GEMM where the op is a matrix product). Symbolic-zero
 //! tangents are skipped. Every fast kernel has a naive `*_reference` twin used by the tests.
 
+pub mod attention;
 mod check;
 pub mod gemm;
 pub mod linear;
 pub mod softmax;
 
+pub use attention::{AttentionShape, attention, attention_reference};
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
