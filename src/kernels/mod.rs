@@ -11,10 +11,12 @@ pub mod attention;
 mod check;
 pub mod gemm;
 pub mod linear;
+pub mod rope;
 pub mod softmax;
 
 pub use attention::{AttentionShape, attention, attention_reference};
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
+pub use rope::{RopeLayout, RopeTable, rope, rope_reference};
 pub use softmax::{log_softmax, log_softmax_reference, softmax, softmax_reference};
