@@ -32,3 +32,28 @@ pub(crate) fn nonempty_axis(
         _ => Err(Error::shape(op, expected, shape)),
     }
 }
+
+/// Checks that `shape` is `[B, T, n_heads·head_dim]` (heads side by side in the last axis, the
+/// Hugging Face layout).
+pub(crate) fn heads(
+    op: &'static str,
+    shape: &[usize],
+    n_heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    let Some(width) = n_heads.checked_mul(head_dim) else {
+        return Err(Error::invalid(
+            op,
+            format!("n_heads ({n_heads}) x head_dim ({head_dim}) overflows"),
+        ));
+    };
+    if shape.len() == 3 && shape[2] == width {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            op,
+            format!("[B, T, {width}] ({n_heads} heads of {head_dim})"),
+            shape,
+        ))
+    }
+}

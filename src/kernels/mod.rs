@@ -8,6 +8,7 @@
 //! tangents are skipped. Every fast kernel has a naive `*_reference` twin used by the tests.
 
 pub mod activation;
+pub mod attention;
 mod check;
 pub mod cross_entropy;
 pub mod elementwise;
@@ -17,11 +18,14 @@ pub mod linear;
 pub mod lora;
 pub mod norm;
 pub mod pooling;
+pub mod rope;
+pub mod softmax;
 
 pub use activation::{
     GeluKind, gelu, gelu_reference, silu, silu_reference, swiglu, swiglu_reference, tanh,
     tanh_reference,
 };
+pub use attention::{AttentionShape, attention, attention_reference};
 pub use cross_entropy::{
     CrossEntropy, cross_entropy, cross_entropy_logit_grad, cross_entropy_logit_grad_reference,
     cross_entropy_reference, cross_entropy_with_grad,
@@ -34,3 +38,5 @@ pub use linear::{
 pub use lora::{lora_linear, lora_linear_reference};
 pub use norm::{layer_norm, layer_norm_dual, norm_reference, rms_norm, rms_norm_dual};
 pub use pooling::{first_token_pool, first_token_pool_reference, mean_pool, mean_pool_reference};
+pub use rope::{RopeLayout, RopeTable, rope, rope_reference};
+pub use softmax::{log_softmax, log_softmax_reference, softmax, softmax_reference};

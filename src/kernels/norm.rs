@@ -87,7 +87,7 @@ fn normalize<F: Float, D: Dimension>(
     let mut ty = Array2::<F>::zeros((k * rows, n));
     let tx = x.tangent_rows();
     for kk in 0..k {
-        for row in 0..rows {
+        for (row, &r) in rstd.iter().enumerate() {
             let out_row = kk * rows + row;
             let xh = xhat.row(row);
             if let Some(tx) = &tx {
@@ -103,7 +103,6 @@ fn normalize<F: Float, D: Dimension>(
                     .map(|(a, b)| a.as_f64() * b.as_f64())
                     .sum::<f64>()
                     * inv_n;
-                let r = rstd[row];
                 for i in 0..n {
                     let d = r * (t[i].as_f64() - m1 - xh[i].as_f64() * m2);
                     ty[[out_row, i]] = F::from_f64(p.gamma[i].as_f64() * d);

@@ -118,3 +118,8 @@ pub fn dropout_mask(n: usize) -> impl Strategy<Value = Vec<f64>> {
             .collect()
     })
 }
+
+/// Linear combination `a·x + b·y` of two equally long vectors.
+pub fn lincomb(a: f64, x: &[f64], b: f64, y: &[f64]) -> Vec<f64> {
+    x.iter().zip(y).map(|(p, q)| a * p + b * q).collect()
+}
