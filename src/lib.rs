@@ -13,7 +13,9 @@ pub mod dual;
 pub mod error;
 pub mod float;
 pub mod kernels;
+pub mod tokenizer;
 
 pub use dual::{Dual, common_k};
 pub use error::{Error, Result};
 pub use float::Float;
+pub use tokenizer::{TextTokenizer, TokenizerOptions};
