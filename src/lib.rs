@@ -18,7 +18,9 @@ pub mod kernels;
 pub mod metrics;
 pub mod modules;
 pub mod rng;
+pub mod tokenizer;
 
 pub use dual::{Dual, common_k};
 pub use error::{Error, Result};
 pub use float::Float;
+pub use tokenizer::{TextTokenizer, TokenizerOptions};
