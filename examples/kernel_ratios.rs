@@ -40,26 +40,23 @@ fn main() {
         let t_fwd = spry::metrics::median_time(2, args.reps, &mut fwd).as_secs_f64();
         drop(fwd);
         let mut cols = Vec::new();
-        let mut json = Vec::new();
+        let mut json = serde_json::Map::new();
         for &k in &ks {
             let mut jvp = (case.prepare)(Some(k));
             let t = spry::metrics::median_time(2, args.reps, &mut jvp).as_secs_f64();
             let per_dir = t / k as f64 / t_fwd;
             let marginal = (t - t_fwd) / k as f64 / t_fwd;
             cols.push(format!("{per_dir:>12.3} {marginal:>12.3}"));
-            json.push(format!(
-                "\"k{k}\":{{\"ms\":{:.4},\"per_dir_over_fwd\":{per_dir:.4},\"marginal_over_fwd\":{marginal:.4}}}",
-                t * 1e3
-            ));
+            json.insert(
+                format!("k{k}"),
+                serde_json::json!({"ms": t * 1e3, "per_dir_over_fwd": per_dir, "marginal_over_fwd": marginal}),
+            );
         }
         println!("{:<30} {:>9.3} {}", case.name, t_fwd * 1e3, cols.join(" "));
         if args.json {
-            println!(
-                "{{\"kernel\":\"{}\",\"fwd_ms\":{:.4},{}}}",
-                case.name,
-                t_fwd * 1e3,
-                json.join(",")
-            );
+            json.insert("kernel".into(), case.name.into());
+            json.insert("fwd_ms".into(), (t_fwd * 1e3).into());
+            println!("{}", serde_json::Value::Object(json));
         }
     }
 }

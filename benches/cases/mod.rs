@@ -3,7 +3,7 @@
 //! (`examples/kernel_ratios.rs`), so both measure exactly the same calls.
 #![allow(dead_code)]
 
-use ndarray::{Array, Array1, Array2, Dimension, IxDyn};
+use ndarray::{Array, Array1, Array2, Dimension};
 use spry::Dual;
 
 /// MiniLM geometry.
@@ -78,6 +78,84 @@ fn linear_ffn_case(k: Option<usize>) -> Box<dyn FnMut()> {
     })
 }
 
+fn lora_case(k: Option<usize>) -> Box<dyn FnMut()> {
+    // Spry's typical case: activation tangents flow in, this layer's adapters are perturbed too
+    let x = activation(HIDDEN, k, 7);
+    let w: Array2<f32> = array(ndarray::Ix2(HIDDEN, HIDDEN), 8);
+    let a_p: Array2<f32> = array(ndarray::Ix2(LORA_RANK, HIDDEN), 9);
+    let b_p: Array2<f32> = array(ndarray::Ix2(HIDDEN, LORA_RANK), 10);
+    let (a, b) = match k {
+        None => (Dual::constant(a_p), Dual::constant(b_p)),
+        Some(k) => (
+            Dual::new(a_p, array(ndarray::Ix3(k, LORA_RANK, HIDDEN), 11)).expect("shape"),
+            Dual::new(b_p, array(ndarray::Ix3(k, HIDDEN, LORA_RANK), 12)).expect("shape"),
+        ),
+    };
+    Box::new(move || {
+        std::hint::black_box(
+            spry::kernels::lora_linear(&x, w.view(), None, &a, &b, 2.0, None).unwrap(),
+        );
+    })
+}
+
+fn layer_norm_case(k: Option<usize>) -> Box<dyn FnMut()> {
+    let x = activation(HIDDEN, k, 13);
+    let g: Array1<f32> = array(ndarray::Ix1(HIDDEN), 14);
+    let b: Array1<f32> = array(ndarray::Ix1(HIDDEN), 15);
+    Box::new(move || {
+        std::hint::black_box(
+            spry::kernels::layer_norm(&x, g.view(), Some(b.view()), 1e-12).unwrap(),
+        );
+    })
+}
+
+fn gelu_case(k: Option<usize>) -> Box<dyn FnMut()> {
+    let x = activation(FFN, k, 16);
+    Box::new(move || {
+        std::hint::black_box(spry::kernels::gelu(&x, spry::kernels::GeluKind::Erf).unwrap());
+    })
+}
+
+fn softmax_case(k: Option<usize>) -> Box<dyn FnMut()> {
+    let x = activation(SEQ, k, 17);
+    Box::new(move || {
+        std::hint::black_box(spry::kernels::softmax(&x).unwrap());
+    })
+}
+
+fn attention_case(k: Option<usize>) -> Box<dyn FnMut()> {
+    let (q, kk, v) = (
+        activation(HIDDEN, k, 18),
+        activation(HIDDEN, k, 19),
+        activation(HIDDEN, k, 20),
+    );
+    let mask = ndarray::Array2::from_elem((BATCH, SEQ), true);
+    let shape = spry::kernels::AttentionShape {
+        n_heads: HEADS,
+        n_kv_heads: HEADS,
+        head_dim: HIDDEN / HEADS,
+        causal: false,
+    };
+    Box::new(move || {
+        std::hint::black_box(
+            spry::kernels::attention(&q, &kk, &v, Some(mask.view()), &shape).unwrap(),
+        );
+    })
+}
+
+fn cross_entropy_case(k: Option<usize>) -> Box<dyn FnMut()> {
+    // a vocabulary-sized head: [B·T, 30522] logits would be 125 MB, so use 1024 rows of 4096 classes
+    let p: Array2<f32> = array(ndarray::Ix2(1024, 4096), 21);
+    let logits = match k {
+        None => Dual::constant(p),
+        Some(k) => Dual::new(p, array(ndarray::Ix3(k, 1024, 4096), 22)).expect("shape"),
+    };
+    let targets: Vec<i64> = (0..1024).map(|i| (i * 37 % 4096) as i64).collect();
+    Box::new(move || {
+        std::hint::black_box(spry::kernels::cross_entropy(&logits, &targets, -100).unwrap());
+    })
+}
+
 /// Every kernel workload, in the order they are printed.
 pub fn all() -> Vec<KernelCase> {
     vec![
@@ -89,8 +167,29 @@ pub fn all() -> Vec<KernelCase> {
             name: "linear 384->1536 (frozen)",
             prepare: linear_ffn_case,
         },
+        KernelCase {
+            name: "lora r=8 384->384 (dual A,B)",
+            prepare: lora_case,
+        },
+        KernelCase {
+            name: "layer_norm 384",
+            prepare: layer_norm_case,
+        },
+        KernelCase {
+            name: "gelu erf 1536",
+            prepare: gelu_case,
+        },
+        KernelCase {
+            name: "softmax rows of 128",
+            prepare: softmax_case,
+        },
+        KernelCase {
+            name: "attention 12 heads (q,k,v dual)",
+            prepare: attention_case,
+        },
+        KernelCase {
+            name: "cross_entropy 1024x4096",
+            prepare: cross_entropy_case,
+        },
     ]
 }
-
-/// Keeps `IxDyn` in scope for workloads that need dynamic shapes.
-pub type Dyn = IxDyn;
