@@ -24,3 +24,8 @@ pub use dual::{Dual, common_k};
 pub use error::{Error, Result};
 pub use float::Float;
 pub use tokenizer::{TextTokenizer, TokenizerOptions};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
