@@ -201,19 +201,26 @@ fn fd_jvp(
     )
 }
 
+/// Epochs, directions per step and learning rate of [`manual_sgd`].
+#[derive(Clone, Copy)]
+struct Manual {
+    epochs: usize,
+    k: usize,
+    lr: f64,
+}
+
 /// Plain SGD by hand: step s uses the directions keyed by (seed, round, client, s, k, p), with s
 /// counting batches across epochs from 0; steps in `skip` are skipped but still counted.
 /// Returns the final flat parameters and the mean loss over the steps taken.
 fn manual_sgd(
     theta0: &[f64],
     batches: &[Batch],
-    epochs: usize,
-    k: usize,
-    lr: f64,
+    run: Manual,
     perturbed: &[usize],
     key: StepKey,
     skip: &[u64],
 ) -> (Vec<f64>, f64) {
+    let Manual { epochs, k, lr } = run;
     let mut theta = theta0.to_vec();
     let mut step = 0u64;
     let (mut loss_sum, mut taken) = (0.0, 0);
@@ -262,8 +269,14 @@ fn steps_replay_from_the_key() {
         };
         let mut st = OptimizerState::new(p.len());
         let rep = train_local(&net, &mut p, &assigned, &batches, &c, &mut st, key(21)).unwrap();
-        let (expect, mean_loss) =
-            manual_sgd(&theta0, &batches, epochs, k, lr, &assigned, key(21), &[]);
+        let (expect, mean_loss) = manual_sgd(
+            &theta0,
+            &batches,
+            Manual { epochs, k, lr },
+            &assigned,
+            key(21),
+            &[],
+        );
         assert_close(&flatten(&p), &expect, 1e-8, &format!("{assigned:?}"));
         assert!((rep.mean_loss - mean_loss).abs() < 1e-8);
         assert_eq!(rep.steps, epochs * batches.len());
@@ -362,8 +375,14 @@ fn non_finite_steps_are_skipped_and_counted() {
     assert_eq!(rep.steps, 12 - 3);
     assert_eq!(rep.n_examples, 48);
     // the skipped steps change nothing, and the later steps keep their own keys
-    let (expect, mean_loss) =
-        manual_sgd(&theta0, &batches, 2, k, lr, &assigned, key(5), &[1, 4, 7]);
+    let (expect, mean_loss) = manual_sgd(
+        &theta0,
+        &batches,
+        Manual { epochs: 2, k, lr },
+        &assigned,
+        key(5),
+        &[1, 4, 7],
+    );
     assert_close(&flatten(&p), &expect, 1e-8, "with skips");
     assert!(
         (rep.mean_loss - mean_loss).abs() < 1e-8,
@@ -430,7 +449,14 @@ fn head_grad_exact_uses_the_objectives_gradient() {
         );
     }
     // hidden layer: the forward-gradient step along the replayed directions
-    let (expect, _) = manual_sgd(&theta0, &batches, 1, k, lr, &[0, 1], key(42), &[]);
+    let (expect, _) = manual_sgd(
+        &theta0,
+        &batches,
+        Manual { epochs: 1, k, lr },
+        &[0, 1],
+        key(42),
+        &[],
+    );
     for p in [0usize, 1] {
         assert_close(
             &after[off[p].clone()],

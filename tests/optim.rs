@@ -30,7 +30,7 @@ fn grads(s: u64) -> Vec<Option<ArrayD<f64>>> {
         .map(|(i, shape)| {
             let has = match i {
                 0 => true,
-                1 => s % 2 == 0,
+                1 => s.is_multiple_of(2),
                 _ => false,
             };
             has.then(|| {
@@ -101,6 +101,24 @@ fn torch_adamw(
     }
 }
 
+/// One transcribed step of `opt` on one parameter.
+fn torch_step(opt: &LocalOptimizer, p: &mut [f64], g: &[f64], st: &mut TorchState) {
+    match *opt {
+        LocalOptimizer::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        } => torch_sgd(p, g, st, lr, momentum, weight_decay),
+        LocalOptimizer::AdamW {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => torch_adamw(p, g, st, lr, beta1, beta2, eps, weight_decay),
+    }
+}
+
 fn flat(t: &Trainable<f64>, i: usize) -> Vec<f64> {
     t.value(i).iter().copied().collect()
 }
@@ -131,39 +149,10 @@ fn compare(opt: LocalOptimizer, steps: u64) {
         for (i, gi) in g.iter().enumerate() {
             let Some(gi) = gi else { continue };
             let gv: Vec<f64> = gi.iter().copied().collect();
-            match opt {
-                LocalOptimizer::Sgd {
-                    lr,
-                    momentum,
-                    weight_decay,
-                } => torch_sgd(
-                    &mut ref_p[i],
-                    &gv,
-                    &mut ref_st[i],
-                    lr,
-                    momentum,
-                    weight_decay,
-                ),
-                LocalOptimizer::AdamW {
-                    lr,
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                } => torch_adamw(
-                    &mut ref_p[i],
-                    &gv,
-                    &mut ref_st[i],
-                    lr,
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                ),
-            }
+            torch_step(&opt, &mut ref_p[i], &gv, &mut ref_st[i]);
         }
-        for i in 0..t.len() {
-            assert_close(&flat(&t, i), &ref_p[i], &format!("{opt:?} step {s} p{i}"));
+        for (i, want) in ref_p.iter().enumerate() {
+            assert_close(&flat(&t, i), want, &format!("{opt:?} step {s} p{i}"));
         }
         // No gradient ever: not a bit changes (no weight decay either).
         assert_eq!(bits(&t, 2), untouched, "{opt:?} step {s}: p2 moved");
@@ -333,34 +322,12 @@ fn state_reset_vs_kept() {
         }
         // the transcription from `mid` with fresh state
         let mut ref_st = vec![TorchState::default(); 3];
-        for i in 0..3 {
+        for (i, rs) in ref_st.iter_mut().enumerate() {
             let mut p = flat(&mid, i);
             for s in 3..6 {
                 let Some(g) = &grads(s)[i] else { continue };
                 let g: Vec<f64> = g.iter().copied().collect();
-                match opt {
-                    LocalOptimizer::Sgd {
-                        lr,
-                        momentum,
-                        weight_decay,
-                    } => torch_sgd(&mut p, &g, &mut ref_st[i], lr, momentum, weight_decay),
-                    LocalOptimizer::AdamW {
-                        lr,
-                        beta1,
-                        beta2,
-                        eps,
-                        weight_decay,
-                    } => torch_adamw(
-                        &mut p,
-                        &g,
-                        &mut ref_st[i],
-                        lr,
-                        beta1,
-                        beta2,
-                        eps,
-                        weight_decay,
-                    ),
-                }
+                torch_step(&opt, &mut p, &g, rs);
             }
             assert_close(&flat(&reset, i), &p, &format!("{opt:?} reset p{i}"));
         }
