@@ -43,11 +43,13 @@ pub fn iid(n: usize, n_clients: usize, seed: u64) -> Result<Partition> {
     Ok(parts)
 }
 
-/// A Gamma(shape, 1) draw (Marsaglia–Tsang; shape < 1 through `Gamma(shape+1)·U^{1/shape}`).
-fn gamma(rng: &mut KeyedRng, shape: f64) -> f64 {
+/// The logarithm of a Gamma(shape, 1) draw (Marsaglia–Tsang; shape < 1 through
+/// `Gamma(shape+1)·U^{1/shape}`). Kept in log space because for a small shape the draw itself
+/// underflows: with shape 1e-3, `U^{1000}` is 0 in f64 for most U.
+fn ln_gamma_draw(rng: &mut KeyedRng, shape: f64) -> f64 {
     if shape < 1.0 {
         let u = 1.0 - rng.uniform();
-        return gamma(rng, shape + 1.0) * u.powf(1.0 / shape);
+        return ln_gamma_draw(rng, shape + 1.0) + u.ln() / shape;
     }
     let d = shape - 1.0 / 3.0;
     let c = 1.0 / (9.0 * d).sqrt();
@@ -59,7 +61,7 @@ fn gamma(rng: &mut KeyedRng, shape: f64) -> f64 {
         }
         let u = 1.0 - rng.uniform();
         if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
-            return d * v;
+            return (d * v).ln();
         }
     }
 }
@@ -92,11 +94,24 @@ pub fn dirichlet(labels: &[usize], n_clients: usize, alpha: f64, seed: u64) -> R
     }
     let mut props: Vec<Vec<f64>> = (0..n_clients)
         .map(|_| {
-            let g: Vec<f64> = (0..n_classes).map(|_| gamma(&mut rng, alpha)).collect();
+            // Gamma draws normalised in log space (the largest becomes 1, so s ≥ 1)
+            let lg: Vec<f64> = (0..n_classes)
+                .map(|_| ln_gamma_draw(&mut rng, alpha))
+                .collect();
+            let top = lg.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let g: Vec<f64> = lg.iter().map(|l| (l - top).exp()).collect();
             let s: f64 = g.iter().sum();
             g.into_iter().map(|v| v / s).collect()
         })
         .collect();
+    // a class index with no example at all (labels with gaps) must never be drawn
+    for (c, pool) in pools.iter().enumerate() {
+        if pool.is_empty() {
+            for row in &mut props {
+                row[c] = 0.0;
+            }
+        }
+    }
     let per_client = n / n_clients;
     let mut parts = vec![Vec::with_capacity(per_client); n_clients];
     for (k, part) in parts.iter_mut().enumerate() {
@@ -111,7 +126,11 @@ pub fn dirichlet(labels: &[usize], n_clients: usize, alpha: f64, seed: u64) -> R
             }
             let total: f64 = props[k].iter().sum();
             let mut r = rng.uniform() * total;
-            let mut class = n_classes - 1;
+            // (the last class with weight, should rounding carry r past the end)
+            let mut class = props[k]
+                .iter()
+                .rposition(|&p| p > 0.0)
+                .expect("some class has examples left");
             for (c, &p) in props[k].iter().enumerate() {
                 if r < p {
                     class = c;

@@ -1,0 +1,256 @@
+//! Perturbation directions: replay from the key bit for bit, independence of keys, N(0, 1)
+//! statistics, and tangents only on the assigned parameters.
+
+use ndarray::{ArrayD, IxDyn};
+use spry::federated::{StepKey, direction, directions};
+use spry::modules::Trainable;
+use spry::rng::{Domain, KeyedRng};
+
+/// Three units: p0 `[2, 3]`, p1 `[4]`, p2 `[3, 2]`, p3 `[5]`.
+fn registry() -> Trainable<f64> {
+    let mut t = Trainable::new();
+    let z = |s: &[usize]| ArrayD::<f64>::zeros(IxDyn(s));
+    t.push_unit(
+        "u0",
+        vec![("p0".into(), z(&[2, 3])), ("p1".into(), z(&[4]))],
+    )
+    .unwrap();
+    t.push_unit("u1", vec![("p2".into(), z(&[3, 2]))]).unwrap();
+    t.push_unit("u2", vec![("p3".into(), z(&[5]))]).unwrap();
+    t
+}
+
+fn key() -> StepKey {
+    StepKey {
+        seed: 1234,
+        round: 7,
+        client: 42,
+        step: 3,
+    }
+}
+
+fn bits(a: &ArrayD<f64>) -> Vec<u64> {
+    a.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The documented key layout, written out: the `Perturbation` stream keyed by
+/// `(seed, [round, client, step, k, param])`, filled in row-major order.
+fn documented(key: StepKey, k: u64, param: u64, n: usize) -> Vec<u64> {
+    let mut rng = KeyedRng::new(
+        key.seed,
+        Domain::Perturbation,
+        &[key.round, key.client, key.step, k, param],
+    );
+    (0..n).map(|_| rng.normal().to_bits()).collect()
+}
+
+#[test]
+fn server_regenerates_client_directions_bit_for_bit() {
+    let t = registry();
+    let k = 3;
+    // The client's directions over its assigned parameters.
+    let client = directions(&t, &[0, 2], k, key()).unwrap();
+    assert_eq!(client.k(), k);
+    // A server replays each (k, param) alone from the key, in a fresh process state.
+    for p in [0usize, 2] {
+        let tang = client.get(p).unwrap();
+        let shape = t.value(p).shape().to_vec();
+        for kk in 0..k {
+            let server = direction::<f64>(key(), kk, p, &shape);
+            let client_k = tang.index_axis(ndarray::Axis(0), kk).to_owned();
+            assert_eq!(bits(&server), bits(&client_k), "param {p} k {kk}");
+            assert_eq!(
+                bits(&server),
+                documented(key(), kk as u64, p as u64, server.len()),
+                "param {p} k {kk}: documented key layout"
+            );
+        }
+    }
+    // Twice in a row, the same.
+    let again = directions(&t, &[0, 2], k, key()).unwrap();
+    assert_eq!(client, again);
+}
+
+#[test]
+fn direction_of_a_param_does_not_depend_on_the_other_params_or_on_k() {
+    let t = registry();
+    let all = directions(&t, &[0, 1, 2, 3], 4, key()).unwrap();
+    let one = directions(&t, &[2], 2, key()).unwrap();
+    let a = all.get(2).unwrap();
+    let b = one.get(2).unwrap();
+    for kk in 0..2 {
+        let x = a.index_axis(ndarray::Axis(0), kk).to_owned();
+        let y = b.index_axis(ndarray::Axis(0), kk).to_owned();
+        assert_eq!(bits(&x), bits(&y), "k {kk}");
+    }
+}
+
+#[test]
+fn different_keys_give_different_directions() {
+    let shape = [64usize];
+    let base = direction::<f64>(key(), 1, 2, &shape);
+    let k0 = key();
+    let variants = [
+        (
+            "seed",
+            StepKey {
+                seed: k0.seed + 1,
+                ..k0
+            },
+            1,
+            2,
+        ),
+        (
+            "round",
+            StepKey {
+                round: k0.round + 1,
+                ..k0
+            },
+            1,
+            2,
+        ),
+        (
+            "client",
+            StepKey {
+                client: k0.client + 1,
+                ..k0
+            },
+            1,
+            2,
+        ),
+        (
+            "step",
+            StepKey {
+                step: k0.step + 1,
+                ..k0
+            },
+            1,
+            2,
+        ),
+        ("k", k0, 2, 2),
+        ("param", k0, 1, 3),
+        // swapping two key components must not give the same stream
+        (
+            "round<->client",
+            StepKey {
+                round: k0.client,
+                client: k0.round,
+                ..k0
+            },
+            1,
+            2,
+        ),
+    ];
+    let mut seen = vec![bits(&base)];
+    for (what, key, k, p) in variants {
+        let d = direction::<f64>(key, k, p, &shape);
+        let b = bits(&d);
+        assert!(
+            b.iter().zip(&seen[0]).all(|(x, y)| x != y),
+            "{what}: some coordinate coincides with the base direction"
+        );
+        assert!(!seen.contains(&b), "{what}: repeats an earlier direction");
+        seen.push(b);
+    }
+    // Directions k = 0 and k = 1 of one directions() call differ everywhere.
+    let t = registry();
+    let d = directions(&t, &[3], 2, key()).unwrap();
+    let tang = d.get(3).unwrap();
+    let d0 = tang.index_axis(ndarray::Axis(0), 0);
+    let d1 = tang.index_axis(ndarray::Axis(0), 1);
+    assert!(d0.iter().zip(d1.iter()).all(|(a, b)| a != b));
+}
+
+/// Mean, variance, the mass within one standard deviation and the correlation between
+/// directions, each checked against N(0, 1) with a tolerance of 5 standard errors:
+/// - mean: SE = 1/√n;
+/// - variance: SE = √(2/n) (the variance of z² is 2);
+/// - P(|z| < 1) = 0.682689: SE = √(p(1−p)/n);
+/// - correlation of independent draws: SE = 1/√n.
+#[test]
+fn directions_are_standard_normal() {
+    let n_per = 4096;
+    let shape = [n_per];
+    let mut xs = Vec::new();
+    let mut pairs = Vec::new();
+    for client in 0..8u64 {
+        for step in 0..4u64 {
+            let key = StepKey {
+                seed: 99,
+                round: 1,
+                client,
+                step,
+            };
+            let a = direction::<f64>(key, 0, 5, &shape);
+            let b = direction::<f64>(key, 1, 5, &shape);
+            xs.extend(a.iter().copied());
+            pairs.extend(a.iter().zip(b.iter()).map(|(x, y)| x * y));
+        }
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    assert!(mean.abs() < 5.0 / n.sqrt(), "mean {mean}");
+    assert!((var - 1.0).abs() < 5.0 * (2.0 / n).sqrt(), "variance {var}");
+    let p1 = 0.682_689_492_137_086;
+    let frac = xs.iter().filter(|x| x.abs() < 1.0).count() as f64 / n;
+    assert!(
+        (frac - p1).abs() < 5.0 * (p1 * (1.0 - p1) / n).sqrt(),
+        "P(|z|<1) = {frac}"
+    );
+    // Tails: P(|z| > 3) = 0.0026998, a Bernoulli proportion as above.
+    let p3 = 0.002_699_796_063_260_2;
+    let frac3 = xs.iter().filter(|x| x.abs() > 3.0).count() as f64 / n;
+    assert!(
+        (frac3 - p3).abs() < 5.0 * (p3 * (1.0 - p3) / n).sqrt(),
+        "P(|z|>3) = {frac3}"
+    );
+    // E[z_k0 · z_k1] = 0 with variance 1 per product.
+    let corr = pairs.iter().sum::<f64>() / pairs.len() as f64;
+    assert!(
+        corr.abs() < 5.0 / (pairs.len() as f64).sqrt(),
+        "correlation {corr}"
+    );
+}
+
+#[test]
+fn tangents_only_on_assigned_params_with_k_leading_axis() {
+    let t = registry();
+    for (assigned, k) in [(vec![1usize], 1usize), (vec![0, 3], 4), (vec![], 2)] {
+        let d = directions(&t, &assigned, k, key()).unwrap();
+        assert_eq!(d.per_param().len(), t.len());
+        for p in 0..t.len() {
+            match d.get(p) {
+                Some(tang) => {
+                    assert!(assigned.contains(&p), "param {p} got a tangent");
+                    let mut expect = vec![k];
+                    expect.extend_from_slice(t.value(p).shape());
+                    assert_eq!(tang.shape(), expect.as_slice());
+                    assert!(tang.iter().all(|v| v.is_finite() && *v != 0.0));
+                }
+                None => assert!(!assigned.contains(&p), "param {p} lacks its tangent"),
+            }
+        }
+        assert_eq!(d.is_empty(), assigned.is_empty());
+    }
+}
+
+#[test]
+fn unknown_param_index_is_an_error() {
+    let t = registry();
+    let err = directions(&t, &[0, 4], 1, key()).unwrap_err();
+    assert!(
+        matches!(err, spry::Error::InvalidArgument { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn f32_directions_are_the_f64_draws_rounded() {
+    let d64 = direction::<f64>(key(), 0, 1, &[3, 7]);
+    let d32 = direction::<f32>(key(), 0, 1, &[3, 7]);
+    assert_eq!(d32.shape(), &[3, 7]);
+    for (a, b) in d64.iter().zip(d32.iter()) {
+        assert_eq!(*a as f32, *b);
+    }
+}
