@@ -464,8 +464,11 @@ fn valid_updates_pass_validation() {
     let exp = round_expectation();
     validate_update(&valid10(), &exp, &g, &BTreeSet::new()).unwrap();
     validate_update(&valid11(), &exp, &g, &BTreeSet::from([10])).unwrap();
-    // sending a subset of the assignment (or nothing) is allowed
-    validate_update(&update(10, ROUND, 1, vec![]), &exp, &g, &BTreeSet::new()).unwrap();
+    // sending nothing is rejected: an empty update must not count towards min_clients
+    assert!(matches!(
+        validate_update(&update(10, ROUND, 1, vec![]), &exp, &g, &BTreeSet::new()),
+        Err(Error::RejectedUpdate { client: 10, .. })
+    ));
 }
 
 #[test]

@@ -32,6 +32,7 @@ fn cfg(k: usize, epochs: usize, optimizer: LocalOptimizer) -> ClientConfig {
         jvp_clip: None,
         head_grad: HeadGrad::Forward,
         dropout: false,
+        zo_eps: 1e-3,
     }
 }
 

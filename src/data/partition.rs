@@ -192,6 +192,11 @@ pub fn train_test_split(
     test_fraction: f64,
     seed: u64,
 ) -> (Partition, Partition) {
+    let test_fraction = if test_fraction.is_nan() {
+        0.0
+    } else {
+        test_fraction.clamp(0.0, 1.0)
+    };
     let mut train = Vec::with_capacity(parts.len());
     let mut test = Vec::with_capacity(parts.len());
     for (c, p) in parts.iter().enumerate() {

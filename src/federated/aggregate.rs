@@ -274,6 +274,9 @@ pub fn validate_update<F: Float>(
     if already.contains(&update.client) {
         return Err(reject("duplicate update from this client".into()));
     }
+    if update.params.is_empty() {
+        return Err(reject("the update carries no parameters".into()));
+    }
     if update.n_examples == 0 {
         return Err(reject("zero training examples".into()));
     }

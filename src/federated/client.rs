@@ -129,7 +129,10 @@ pub fn train_local<F: Float, O: Objective<F>>(
         jvp_clip: cfg.jvp_clip,
     };
     let (mut steps, mut skipped, mut loss_sum) = (0usize, 0usize, 0.0f64);
-    let mut step = 0u64;
+    if cfg.k == 0 && !perturbed.is_empty() {
+        return Err(crate::Error::invalid("train_local", "K must be at least 1"));
+    }
+    let mut step = key.step;
     for _epoch in 0..cfg.local_epochs {
         for batch in batches {
             let step_key = StepKey { step, ..key };
@@ -160,7 +163,17 @@ pub fn train_local<F: Float, O: Objective<F>>(
                 skipped += 1;
                 continue;
             }
-            for (p, g) in out.exact {
+            // only the exact gradients this client asked for, and only finite ones
+            let exact: Vec<(usize, ArrayD<F>)> = out
+                .exact
+                .into_iter()
+                .filter(|(p, _)| exact_for.contains(p))
+                .collect();
+            if exact.iter().any(|(_, g)| g.iter().any(|v| !v.is_finite())) {
+                skipped += 1;
+                continue;
+            }
+            for (p, g) in exact {
                 grads[p] = Some(g);
             }
             state.step(&cfg.optimizer, params, &grads)?;

@@ -43,7 +43,7 @@ pub fn train_local_mezo<F: Float, O: Objective<F>>(
     let eps = cfg.zo_eps;
     let none = Directions::none(params.len());
     let (mut steps, mut skipped, mut loss_sum) = (0usize, 0usize, 0.0f64);
-    let mut step = 0u64;
+    let mut step = key.step;
     let shift = |params: &mut Trainable<F>, zs: &[(usize, ArrayD<F>)], scale: f64| {
         for (p, z) in zs {
             params.value_mut(*p).scaled_add(F::from_f64(scale), z);

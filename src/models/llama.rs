@@ -1,0 +1,306 @@
+//! Llama decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU, tied or untied LM head) with a
+//! causal-LM loss and greedy generation with a KV cache.
+//!
+//! ```text
+//! x = E[ids]
+//! per layer:  h = RMS(x);  x = x + O·Attn(RoPE(Q h), RoPE(K h), V h, causal)
+//!             h = RMS(x);  x = x + Down(SiLU(Gate h) ⊙ Up h)
+//! logits = RMS(x) · E_outᵀ          (E_out = E when the embeddings are tied)
+//! ```
+//! Weights use Hugging Face names and layouts (`model.layers.{l}.self_attn.q_proj.weight`,
+//! rotate-half RoPE); a GGUF source translates names and un-permutes q/k rows on loading.
+//! LoRA targets match `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`.
+
+use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix2, Ix3, s};
+
+use super::bert::PEFT_PREFIX;
+use super::source::{WeightSource, take1, take2};
+use crate::io::LlamaConfig;
+use crate::kernels::{
+    AttentionShape, CrossEntropy, RopeLayout, RopeTable, add, attention, cross_entropy, embedding, linear, rms_norm, rope,
+    swiglu,
+};
+use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
+use crate::{Dual, Error, Float, Result};
+
+struct Layer<F: Float> {
+    attn_norm: Array1<F>,
+    q: FrozenLinear<F>,
+    k: FrozenLinear<F>,
+    v: FrozenLinear<F>,
+    o: FrozenLinear<F>,
+    ffn_norm: Array1<F>,
+    gate: FrozenLinear<F>,
+    up: FrozenLinear<F>,
+    down: FrozenLinear<F>,
+}
+
+/// Per-layer key/value cache for generation: post-RoPE keys and values `[1, S, kv_heads·D]`.
+struct KvCache<F: Float> {
+    k: Vec<Array3<F>>,
+    v: Vec<Array3<F>>,
+}
+
+/// Rows of the final hidden state turned into logits at a time by the loss (bounds the logits
+/// buffer to `LOSS_CHUNK_ROWS × vocab`).
+pub const LOSS_CHUNK_ROWS: usize = 64;
+
+/// A Llama causal language model with frozen weights and (optionally) LoRA slots.
+pub struct Llama<F: Float> {
+    config: LlamaConfig,
+    lora: LoraConfig,
+    embed: Array2<F>,
+    layers: Vec<Layer<F>>,
+    norm: Array1<F>,
+    lm_head: Option<Array2<F>>,
+    rope: RopeTable<F>,
+}
+
+fn proj<F: Float>(src: &mut dyn WeightSource, path: String, out: usize, inp: usize) -> Result<FrozenLinear<F>> {
+    Ok(FrozenLinear {
+        weight: take2(src, &format!("{path}.weight"), out, inp)?,
+        bias: None,
+        adapter: None,
+        path,
+    })
+}
+
+impl<F: Float> Llama<F> {
+    /// Loads the model from a source with Hugging Face names, registering a LoRA adapter in
+    /// `trainable` for every targeted projection.
+    ///
+    /// # Errors
+    /// Missing or mis-shaped tensors; an invalid LoRA config.
+    pub fn load(config: &LlamaConfig, src: &mut dyn WeightSource, lora: &LoraConfig, seed: u64, trainable: &mut Trainable<F>) -> Result<Self> {
+        lora.validate()?;
+        let h = config.hidden_size;
+        let hd = config.head_dim();
+        let (nh, nkv, ffn) = (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size);
+        let embed = take2(src, "model.embed_tokens.weight", config.vocab_size, h)?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mut layer = Layer {
+                attn_norm: take1(src, &format!("{p}.input_layernorm.weight"), h)?,
+                q: proj(src, format!("{p}.self_attn.q_proj"), nh * hd, h)?,
+                k: proj(src, format!("{p}.self_attn.k_proj"), nkv * hd, h)?,
+                v: proj(src, format!("{p}.self_attn.v_proj"), nkv * hd, h)?,
+                o: proj(src, format!("{p}.self_attn.o_proj"), h, nh * hd)?,
+                ffn_norm: take1(src, &format!("{p}.post_attention_layernorm.weight"), h)?,
+                gate: proj(src, format!("{p}.mlp.gate_proj"), ffn, h)?,
+                up: proj(src, format!("{p}.mlp.up_proj"), ffn, h)?,
+                down: proj(src, format!("{p}.mlp.down_proj"), h, ffn)?,
+            };
+            for lin in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.gate, &mut layer.up, &mut layer.down] {
+                lin.attach_lora(lora, PEFT_PREFIX, seed, trainable)?;
+            }
+            layers.push(layer);
+        }
+        let norm = take1(src, "model.norm.weight", h)?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(take2(src, "lm_head.weight", config.vocab_size, h)?)
+        };
+        let rope = RopeTable::new(hd, config.max_position_embeddings, config.rope_theta)?;
+        Ok(Llama {
+            config: config.clone(),
+            lora: lora.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The LoRA configuration.
+    pub fn lora(&self) -> &LoraConfig {
+        &self.lora
+    }
+
+    fn head(&self) -> ArrayView2<'_, F> {
+        self.lm_head.as_ref().unwrap_or(&self.embed).view()
+    }
+
+    fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            n_heads: self.config.num_attention_heads,
+            n_kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim(),
+            causal: true,
+        }
+    }
+
+    /// The final hidden state (after the last RMSNorm) `[B, T, H]`; with `cache`, keys and
+    /// values are appended to it and positions start after the cached ones.
+    fn hidden(
+        &self,
+        ids: ArrayView2<'_, u32>,
+        key_mask: Option<ArrayView2<'_, bool>>,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+        dropout: Option<&DropoutKey>,
+        mut cache: Option<&mut KvCache<F>>,
+    ) -> Result<Dual<F, Ix3>> {
+        let shape = self.attention_shape();
+        let eps = self.config.rms_norm_eps;
+        let (nh, nkv) = (shape.n_heads, shape.n_kv_heads);
+        let lora = &self.lora;
+        let offset = cache.as_ref().map_or(0, |c| c.k.first().map_or(0, |k| k.shape()[1]));
+        let mut x = embedding(ids, self.embed.view())?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            // attention: x = x + O·Attn(RoPE(Qh), RoPE(Kh), Vh)
+            let hn = rms_norm(&x, layer.attn_norm.view(), eps)?;
+            let q = rope(&layer.q.forward(&hn, trainable, dirs, lora, dropout)?, &self.rope, nh, offset, RopeLayout::RotateHalf)?;
+            let mut k = rope(&layer.k.forward(&hn, trainable, dirs, lora, dropout)?, &self.rope, nkv, offset, RopeLayout::RotateHalf)?;
+            let mut v = layer.v.forward(&hn, trainable, dirs, lora, dropout)?;
+            drop(hn);
+            if let Some(c) = cache.as_deref_mut() {
+                // generation is a plain forward: the cache holds primals only
+                if l == c.k.len() {
+                    c.k.push(k.primal().clone());
+                    c.v.push(v.primal().clone());
+                } else {
+                    c.k[l] = ndarray::concatenate(Axis(1), &[c.k[l].view(), k.primal().view()]).expect("same batch and width");
+                    c.v[l] = ndarray::concatenate(Axis(1), &[c.v[l].view(), v.primal().view()]).expect("same batch and width");
+                }
+                k = Dual::constant(c.k[l].clone());
+                v = Dual::constant(c.v[l].clone());
+            }
+            let a = attention(&q, &k, &v, key_mask, &shape)?;
+            drop((q, k, v));
+            x = add(&x, &layer.o.forward(&a, trainable, dirs, lora, dropout)?)?;
+            // feed-forward: x = x + Down(SiLU(Gate h) ⊙ Up h)
+            let hn = rms_norm(&x, layer.ffn_norm.view(), eps)?;
+            let g = layer.gate.forward(&hn, trainable, dirs, lora, dropout)?;
+            let u = layer.up.forward(&hn, trainable, dirs, lora, dropout)?;
+            drop(hn);
+            let act = swiglu(&g, &u)?;
+            drop((g, u));
+            x = add(&x, &layer.down.forward(&act, trainable, dirs, lora, dropout)?)?;
+        }
+        rms_norm(&x, self.norm.view(), eps)
+    }
+
+    /// Mean next-token cross-entropy and one JVP scalar per direction.
+    ///
+    /// `labels` follows Hugging Face: `[B, T]` aligned with `ids` (position t is predicted from
+    /// positions ≤ t−1; the shift happens here), `-100` = ignored (padding, prompt tokens).
+    /// The logits are produced [`LOSS_CHUNK_ROWS`] rows at a time and never held in full.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `labels` or `key_mask` is not `[B, T]`;
+    /// [`Error::InvalidArgument`] if no label is valid; kernel errors.
+    pub fn loss(
+        &self,
+        ids: ArrayView2<'_, u32>,
+        labels: ArrayView2<'_, i64>,
+        key_mask: Option<ArrayView2<'_, bool>>,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+        dropout: Option<&DropoutKey>,
+    ) -> Result<CrossEntropy<F>> {
+        const OP: &str = "Llama::loss";
+        if labels.dim() != ids.dim() {
+            return Err(Error::shape(OP, format!("labels {:?}", ids.shape()), labels.shape()));
+        }
+        let (b, t) = ids.dim();
+        let hidden = self.hidden(ids, key_mask, trainable, dirs, dropout, None)?;
+        // targets of row (b, t) = labels[b, t + 1]; the last position predicts nothing
+        let mut targets = vec![-100i64; b * t];
+        for bi in 0..b {
+            for ti in 0..t.saturating_sub(1) {
+                targets[bi * t + ti] = labels[[bi, ti + 1]];
+            }
+        }
+        let n_valid = targets.iter().filter(|&&y| y != -100).count();
+        if n_valid == 0 {
+            return Err(Error::invalid(OP, "no valid next-token label in the batch"));
+        }
+        let h = self.config.hidden_size;
+        let k = hidden.k();
+        let (hp, ht) = hidden.into_parts();
+        let hp = hp.into_shape_with_order((b * t, h)).expect("contiguous");
+        let ht = ht.map(|t3| t3.into_shape_with_order((k.unwrap_or(0), b * t, h)).expect("contiguous"));
+        let mut loss_sum = F::zero();
+        let mut jvp_sum = k.map(Array1::<F>::zeros);
+        for start in (0..b * t).step_by(LOSS_CHUNK_ROWS) {
+            let end = (start + LOSS_CHUNK_ROWS).min(b * t);
+            let tg = &targets[start..end];
+            let valid = tg.iter().filter(|&&y| y != -100).count();
+            if valid == 0 {
+                continue;
+            }
+            let primal = hp.slice(s![start..end, ..]).to_owned();
+            let chunk = match &ht {
+                Some(t3) => Dual::new(primal, t3.slice(s![.., start..end, ..]).to_owned())?,
+                None => Dual::constant(primal),
+            };
+            let logits = linear(&chunk, self.head(), None)?;
+            let ce = cross_entropy(&logits, tg, -100)?;
+            let w = F::from_usize(valid);
+            loss_sum += ce.loss * w;
+            if let (Some(acc), Some(j)) = (jvp_sum.as_mut(), ce.jvp.as_ref()) {
+                acc.scaled_add(w, j);
+            }
+        }
+        let n = F::from_usize(n_valid);
+        Ok(CrossEntropy {
+            loss: loss_sum / n,
+            jvp: jvp_sum.map(|j| j.mapv(|v| v / n)),
+            n_valid,
+        })
+    }
+
+    /// Logits of the last position of every sequence `[B, V]` (plain forward).
+    ///
+    /// # Errors
+    /// Kernel errors.
+    pub fn last_logits(&self, ids: ArrayView2<'_, u32>, trainable: &Trainable<F>) -> Result<Array2<F>> {
+        let hidden = self.hidden(ids, None, trainable, &Directions::none(trainable.len()), None, None)?;
+        self.logits_of_last(hidden.primal())
+    }
+
+    fn logits_of_last(&self, hidden: &Array3<F>) -> Result<Array2<F>> {
+        let last = hidden.index_axis(Axis(1), hidden.shape()[1] - 1).to_owned();
+        Ok(linear(&Dual::constant(last), self.head(), None)?.into_primal())
+    }
+
+    /// Greedy generation with a KV cache: feeds `prompt`, then appends the argmax token until
+    /// `max_new` tokens or a token in `stop` is produced (the stop token is included).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty prompt or one longer than the context; kernel
+    /// errors.
+    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32], trainable: &Trainable<F>) -> Result<Vec<u32>> {
+        const OP: &str = "Llama::generate_greedy";
+        if prompt.is_empty() {
+            return Err(Error::invalid(OP, "empty prompt"));
+        }
+        if prompt.len() + max_new > self.config.max_position_embeddings {
+            return Err(Error::invalid(OP, "prompt plus new tokens exceed the context length"));
+        }
+        let none = Directions::none(trainable.len());
+        let mut cache = KvCache { k: Vec::new(), v: Vec::new() };
+        let ids = Array2::from_shape_vec((1, prompt.len()), prompt.to_vec()).expect("one row");
+        let mut hidden = self.hidden(ids.view(), None, trainable, &none, None, Some(&mut cache))?;
+        let mut out = Vec::with_capacity(max_new);
+        for _ in 0..max_new {
+            let logits = self.logits_of_last(hidden.primal())?;
+            let next = super::bert::argmax_rows(logits.view())[0] as u32;
+            out.push(next);
+            if stop.contains(&next) {
+                break;
+            }
+            let step = Array2::from_elem((1, 1), next);
+            hidden = self.hidden(step.view(), None, trainable, &none, None, Some(&mut cache))?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,9 @@
+//! Transformer models built from the kernels, each with one forward pass over [`Dual`](crate::Dual)
+//! values: with no directions it is the plain forward (symbolic-zero tangents cost nothing), with
+//! K directions on some trainable parameters it also returns one JVP scalar per direction.
+
+pub mod bert;
+pub mod llama;
+pub mod source;
+
+pub use source::WeightSource;

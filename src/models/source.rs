@@ -1,0 +1,179 @@
+//! Where a model's frozen weights come from.
+
+use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
+use std::any::Any;
+
+use crate::{Error, Float, Result};
+
+/// A checkpoint that hands out named f32 tensors of a known shape (safetensors, GGUF, or random
+/// weights for tests). Taking moves the tensor out, so a loaded model holds the only copy.
+pub trait WeightSource {
+    /// Removes and returns the tensor `name`, checking its shape.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`] if absent, [`Error::TensorShape`] if the shape differs.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<ArrayD<f32>>;
+
+    /// Whether the source holds `name`.
+    fn has(&self, name: &str) -> bool;
+}
+
+/// Converts an f32 array to `F`, moving it (no copy) when `F` is `f32`.
+pub fn cast_array<F: Float, D: ndarray::Dimension>(a: ndarray::Array<f32, D>) -> ndarray::Array<F, D> {
+    let boxed: Box<dyn Any> = Box::new(a);
+    match boxed.downcast::<ndarray::Array<F, D>>() {
+        Ok(same) => *same,
+        Err(boxed) => {
+            let a = boxed.downcast::<ndarray::Array<f32, D>>().expect("an f32 array");
+            a.mapv(|x| F::from_f64(x as f64))
+        }
+    }
+}
+
+/// Takes a matrix `[rows, cols]` as `F`.
+///
+/// # Errors
+/// As [`WeightSource::take`].
+pub fn take2<F: Float>(src: &mut dyn WeightSource, name: &str, rows: usize, cols: usize) -> Result<Array2<F>> {
+    let a = src.take(name, &[rows, cols])?;
+    let a = a
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| Error::invalid("take2", format!("`{name}` is not a matrix")))?;
+    Ok(cast_array(a))
+}
+
+/// Takes a vector `[len]` as `F`.
+///
+/// # Errors
+/// As [`WeightSource::take`].
+pub fn take1<F: Float>(src: &mut dyn WeightSource, name: &str, len: usize) -> Result<Array1<F>> {
+    let a = src.take(name, &[len])?;
+    let a = a
+        .into_dimensionality::<Ix1>()
+        .map_err(|_| Error::invalid("take1", format!("`{name}` is not a vector")))?;
+    Ok(cast_array(a))
+}
+
+impl WeightSource for crate::io::Weights {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
+        let got = crate::io::Weights::shape(self, name)?.to_vec();
+        if got != shape {
+            return Err(Error::TensorShape {
+                path: self.path().to_path_buf(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got,
+            });
+        }
+        crate::io::Weights::take(self, name)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+}
+
+/// A Llama checkpoint in GGUF form, read through Hugging Face names: `model.layers.{l}.self_attn.
+/// q_proj.weight` is GGUF's `blk.{l}.attn_q.weight` with its rows un-permuted from llama.cpp's
+/// interleaved-RoPE order back to the rotate-half order, and so on. Tensors are dequantised to
+/// f32 one at a time, as they are taken.
+pub struct GgufLlamaSource {
+    file: crate::io::GgufFile,
+    n_heads: usize,
+    n_kv_heads: usize,
+}
+
+impl GgufLlamaSource {
+    /// Wraps an opened GGUF file; head counts are needed to un-permute q and k.
+    pub fn new(file: crate::io::GgufFile, n_heads: usize, n_kv_heads: usize) -> Self {
+        GgufLlamaSource { file, n_heads, n_kv_heads }
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &crate::io::GgufFile {
+        &self.file
+    }
+
+    /// The GGUF name of a Hugging Face Llama tensor name, and the head count to un-permute its
+    /// rows with (q and k only).
+    pub fn gguf_name(&self, hf: &str) -> Option<(String, Option<usize>)> {
+        let direct = match hf {
+            "model.embed_tokens.weight" => Some("token_embd.weight"),
+            "model.norm.weight" => Some("output_norm.weight"),
+            "lm_head.weight" => Some("output.weight"),
+            _ => None,
+        };
+        if let Some(d) = direct {
+            return Some((d.to_string(), None));
+        }
+        let rest = hf.strip_prefix("model.layers.")?;
+        let (layer, tail) = rest.split_once('.')?;
+        let (name, heads) = match tail {
+            "input_layernorm.weight" => ("attn_norm.weight", None),
+            "self_attn.q_proj.weight" => ("attn_q.weight", Some(self.n_heads)),
+            "self_attn.k_proj.weight" => ("attn_k.weight", Some(self.n_kv_heads)),
+            "self_attn.v_proj.weight" => ("attn_v.weight", None),
+            "self_attn.o_proj.weight" => ("attn_output.weight", None),
+            "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
+            "mlp.gate_proj.weight" => ("ffn_gate.weight", None),
+            "mlp.up_proj.weight" => ("ffn_up.weight", None),
+            "mlp.down_proj.weight" => ("ffn_down.weight", None),
+            _ => return None,
+        };
+        Some((format!("blk.{layer}.{name}"), heads))
+    }
+}
+
+impl WeightSource for GgufLlamaSource {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
+        let path = self.file.path().to_path_buf();
+        let (gname, heads) = self.gguf_name(name).ok_or_else(|| Error::MissingTensor {
+            path: path.clone(),
+            name: name.to_string(),
+        })?;
+        let t = self.file.tensor_f32(&gname)?;
+        if t.shape() != shape {
+            return Err(Error::TensorShape {
+                path,
+                name: gname,
+                expected: shape.to_vec(),
+                got: t.shape().to_vec(),
+            });
+        }
+        match heads {
+            Some(h) => {
+                let w = t.into_dimensionality::<Ix2>().expect("checked 2-D shape");
+                Ok(crate::io::unpermute_rope_rows(w, h)?.into_dyn())
+            }
+            None => Ok(t),
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.gguf_name(name).is_some_and(|(g, _)| self.file.tensor_info(&g).is_ok())
+    }
+}
+
+/// Random weights for tests and examples on small configurations: every tensor is drawn from
+/// the `Init` stream keyed by the run seed and a hash of its name, `N(0, scale²)`, except norm
+/// gains (names containing `norm` or `LayerNorm` ending in `weight`), which are `1 + N(0, scale²)`.
+pub struct RandomWeights {
+    /// Seed.
+    pub seed: u64,
+    /// Standard deviation.
+    pub scale: f64,
+}
+
+impl WeightSource for RandomWeights {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let mut rng = crate::rng::KeyedRng::new(self.seed, crate::rng::Domain::Init, &[h]);
+        let gain = (name.contains("norm") || name.contains("LayerNorm")) && name.ends_with("weight");
+        let offset = if gain { 1.0 } else { 0.0 };
+        Ok(ArrayD::from_shape_simple_fn(shape, || (offset + self.scale * rng.normal()) as f32))
+    }
+
+    fn has(&self, _name: &str) -> bool {
+        true
+    }
+}
