@@ -9,8 +9,14 @@
 
 mod check;
 pub mod gemm;
+pub mod layer_norm;
 pub mod linear;
+pub mod rms_norm;
 
+pub use layer_norm::{
+    layer_norm, layer_norm_dual, layer_norm_dual_reference, layer_norm_reference,
+};
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
+pub use rms_norm::{rms_norm, rms_norm_dual, rms_norm_dual_reference, rms_norm_reference};

@@ -97,3 +97,25 @@ pub fn direction(t: &[f64], len: usize, k: usize) -> &[f64] {
 pub fn values(n: usize) -> impl Strategy<Value = Vec<f64>> {
     prop::collection::vec(-2.0f64..2.0, n)
 }
+
+/// Converts an f64 dual value to f32 (for the f32 instantiation checks).
+pub fn dual_to_f32<D: Dimension>(d: &Dual<f64, D>) -> Dual<f32, D> {
+    let p = d.primal().mapv(|v| v as f32);
+    let t = d.tangent().map(|t| t.mapv(|v| v as f32));
+    Dual::with_tangent(p, t).expect("consistent")
+}
+
+/// Flattens an f32 array to f64 values (row-major).
+pub fn flat_f32<D: Dimension>(a: &Array<f32, D>) -> Vec<f64> {
+    a.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// Linear combination `a·x + b·y` of two equally long vectors.
+pub fn lincomb(a: f64, x: &[f64], b: f64, y: &[f64]) -> Vec<f64> {
+    x.iter().zip(y).map(|(p, q)| a * p + b * q).collect()
+}
+
+/// Rounds every value to f32 and back, so an f64 run sees exactly the f32 run's inputs.
+pub fn round_f32(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x as f32)).collect()
+}
