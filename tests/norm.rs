@@ -434,6 +434,12 @@ fn constant_rows_with_bert_eps_are_finite_in_f32_and_f64() {
     // x̂ = 0, so y = β; ẋ is constant too, so ẋ − mean(ẋ) = 0 and ẏ = 0.
     assert_eq!(flat(y.primal()), vec![-1.0; 10]);
     assert_eq!(tangent_or_zeros(&y, 2), vec![0.0; 20]);
+    // A constant row whose f64 sum rounds (6·v·(1/6) ≠ v): still exactly β.
+    let v = -0.4378305345675599;
+    let xc = dual(&[1, 6], &[v; 6], Some((1, &[0.5; 6])));
+    let (g6, b6) = (Array1::from_elem(6, 2.0), Array1::from_elem(6, -1.0));
+    let y6 = layer_norm(&xc, g6.view(), Some(b6.view()), BERT_EPS).unwrap();
+    assert_eq!(flat(y6.primal()), vec![-1.0; 6]);
     let y32 = layer_norm(
         &dual_to_f32(&x),
         g.mapv(|v| v as f32).view(),
