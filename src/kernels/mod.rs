@@ -7,12 +7,17 @@
 //! directions (stacked into the rows of one GEMM where the op is a matrix product). Symbolic-zero
 //! tangents are skipped. Every fast kernel has a naive `*_reference` twin used by the tests.
 
+pub mod activation;
 mod check;
 pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
 pub mod rms_norm;
 
+pub use activation::{
+    GeluKind, gelu, gelu_reference, silu, silu_reference, swiglu, swiglu_reference, tanh,
+    tanh_reference,
+};
 pub use layer_norm::{
     layer_norm, layer_norm_dual, layer_norm_dual_reference, layer_norm_reference,
 };
