@@ -362,6 +362,11 @@ fn k_one_and_k_thirty_two() {
         let y = swiglu(&x, &x).unwrap();
         assert_eq!(y.k(), Some(k));
         assert_eq!(y.tangent().unwrap().shape(), &[k, 2, 3]);
+        for kk in 0..k {
+            let x1 = dual(&[2, 3], &xs, Some((1, direction(&t, 6, kk))));
+            let y1 = swiglu(&x1, &x1).unwrap();
+            assert_eq!(y.direction(kk).unwrap(), y1.direction(0).unwrap());
+        }
     }
 }
 

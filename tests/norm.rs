@@ -558,6 +558,27 @@ fn empty_rows_and_rank_one_inputs() {
     assert_eq!(y.tangent().unwrap().shape(), &[1, 2]);
 }
 
+/// γ and β may be strided views (a column of a matrix); the result equals the contiguous run.
+#[test]
+fn strided_parameter_views() {
+    let x = dual(
+        &[2, 3],
+        &[0.5, -1.0, 2.0, 0.0, 1.5, -0.5],
+        Some((2, &[0.25; 12])),
+    );
+    let params = ndarray::arr2(&[[1.0, 0.1], [-2.0, 0.2], [0.5, 0.3]]); // columns: γ, β
+    let (g, b) = (params.column(0), params.column(1));
+    let (gc, bc) = (g.to_owned(), b.to_owned());
+    assert_eq!(
+        layer_norm(&x, g, Some(b), 1e-5).unwrap(),
+        layer_norm(&x, gc.view(), Some(bc.view()), 1e-5).unwrap()
+    );
+    assert_eq!(
+        rms_norm(&x, g, 1e-5).unwrap(),
+        rms_norm(&x, gc.view(), 1e-5).unwrap()
+    );
+}
+
 #[test]
 fn bad_arguments_give_typed_errors() {
     let x = dual(&[2, 3], &[0.5; 6], Some((2, &[0.0; 12])));
