@@ -1,258 +1,296 @@
-//! Element-wise activations: GELU (erf and tanh forms), SiLU, tanh, and SwiGLU.
+//! Element-wise activations: GELU (erf and tanh forms), SiLU, tanh, and the SwiGLU gate.
 //!
-//! Each computes the primal and the derivative factor `g′(x)` once per element, then every
-//! tangent direction is `ẏ = g′(x)·ẋ`. Constants are full precision (`std::f64::consts`).
+//! Each activation `y = g(x)` has the tangent `ẏ = g′(x)⊙ẋ`. The derivative factor `g′(x)` is
+//! computed once per element together with the primal and reused for all K directions; a
+//! symbolic-zero input skips it entirely (primal-only pass). Constants are full precision
+//! (`FRAC_2_SQRT_PI`, `FRAC_1_SQRT_2`), never 6-digit literals, so f64 finite differences agree
+//! to ~1e-10.
 
-use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI, PI};
+use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
-use ndarray::{Array, Dimension};
+use ndarray::{Array, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Dimension, Zip};
 
+use super::check;
 use crate::{Dual, Float, Result, common_k};
 
-/// Which GELU: Hugging Face's `"gelu"` is [`GeluKind::Erf`] (BERT), `"gelu_new"` /
-/// `"gelu_pytorch_tanh"` is [`GeluKind::Tanh`] (GPT-2).
+/// `√(2/π)`, the scale of the tanh-form GELU.
+const SQRT_2_OVER_PI: f64 = FRAC_2_SQRT_PI * FRAC_1_SQRT_2;
+/// `1/√(2π)`, the normalisation of the standard normal density.
+const FRAC_1_SQRT_2PI: f64 = 0.5 * FRAC_2_SQRT_PI * FRAC_1_SQRT_2;
+/// The cubic coefficient of the tanh-form GELU (Hendrycks & Gimpel); a definition, not a
+/// rounded value.
+const GELU_TANH_CUBIC: f64 = 0.044715;
+
+/// Which GELU: the exact erf form or the tanh approximation.
+///
+/// Hugging Face `"gelu"` (BERT, RoBERTa, DistilBERT) is [`GeluKind::Erf`];
+/// `"gelu_new"` (GPT-2) and `"gelu_pytorch_tanh"` are [`GeluKind::Tanh`]. The two differ by up to
+/// ~5e-4, enough to break parity with a checkpoint trained with the other one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GeluKind {
-    /// `g(x) = x·Φ(x)`, Φ the standard normal CDF.
+    /// `g(x) = x·Φ(x)` with `Φ(x) = ½(1 + erf(x/√2))` (PyTorch's default).
     Erf,
-    /// `g(x) = ½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+    /// `g(x) = ½x(1 + tanh(√(2/π)(x + 0.044715x³)))` (JAX's default).
     Tanh,
 }
 
-/// Value and derivative of GELU at `x` (f64 internally).
-fn gelu_and_grad(x: f64, kind: GeluKind) -> (f64, f64) {
-    match kind {
-        GeluKind::Erf => {
-            // Φ = ½(1 + erf(x/√2)), φ = e^{−x²/2}/√(2π); g = xΦ, g′ = Φ + xφ
-            let cdf = 0.5 * (1.0 + libm::erf(x * FRAC_1_SQRT_2));
-            let pdf = (-0.5 * x * x).exp() * (0.5 * FRAC_2_SQRT_PI * FRAC_1_SQRT_2);
-            (x * cdf, cdf + x * pdf)
-        }
-        GeluKind::Tanh => {
-            // u = √(2/π)(x + 0.044715x³), t = tanh u, g = ½x(1+t),
-            // g′ = ½(1+t) + ½x(1−t)(1+t)·√(2/π)(1 + 3·0.044715x²)
-            let c = (2.0 / PI).sqrt();
-            let t = (c * (x + 0.044715 * x * x * x)).tanh();
-            let du = c * (1.0 + 3.0 * 0.044715 * x * x);
-            (
-                0.5 * x * (1.0 + t),
-                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t) * (1.0 + t) * du,
-            )
-        }
-    }
-}
-
-/// Value and derivative of SiLU at `x`: `y = xσ(x)`, `y′ = σ(x)(1 + x(1 − σ(x)))`.
-fn silu_and_grad(x: f64) -> (f64, f64) {
-    let s = 1.0 / (1.0 + (-x).exp());
-    (x * s, s * (1.0 + x * (1.0 - s)))
-}
-
-/// Applies `f` (returning value and derivative) element-wise: `y = f(x)`, `ẏ_k = f′(x)·ẋ_k`.
-fn unary<F: Float, D: Dimension>(x: &Dual<F, D>, f: impl Fn(f64) -> (f64, f64)) -> Dual<F, D> {
-    let xs = x.primal().as_slice().expect("standard layout");
-    let n = xs.len();
-    // primal and the derivative factor, once per element
-    let mut y = Vec::with_capacity(n);
-    let mut d = Vec::with_capacity(if x.is_constant() { 0 } else { n });
-    for &v in xs {
-        let (fy, fd) = f(v.as_f64());
-        y.push(F::from_f64(fy));
-        if !x.is_constant() {
-            d.push(F::from_f64(fd));
-        }
-    }
-    let y = Array::from_shape_vec(x.primal().raw_dim(), y).expect("same size");
-    // ẏ_k = f′(x) ⊙ ẋ_k for every direction
-    let t = x.tangent().map(|t| {
-        let mut out = t.clone();
-        let s = out.as_slice_mut().expect("standard layout");
-        for chunk in s.chunks_exact_mut(n.max(1)) {
-            for (o, &di) in chunk.iter_mut().zip(&d) {
-                *o *= di;
-            }
-        }
-        out
-    });
-    Dual::from_parts_unchecked(y, t)
-}
-
-/// GELU: `y = g(x)`, `ẏ = g′(x)·ẋ` (see [`GeluKind`] for the two forms).
+/// GELU, element-wise: `y = g(x)`, `ẏ = g′(x)⊙ẋ`.
+///
+/// - [`GeluKind::Erf`]: `g = xΦ(x)`, `g′ = Φ(x) + xφ(x)`, `Φ = ½(1 + erf(x/√2))`,
+///   `φ = e^{−x²/2}/√(2π)`.
+/// - [`GeluKind::Tanh`]: `u = √(2/π)(x + 0.044715x³)`, `t = tanh u`, `g = ½x(1 + t)`,
+///   `g′ = ½(1 + t) + ½x(1 − t)(1 + t)·√(2/π)(1 + 3·0.044715x²)`.
 ///
 /// # Shapes
-/// - any; output shaped like `x`
+/// - `x`: any shape; output: the same shape
 ///
 /// # Errors
 /// None; the `Result` keeps the kernel signatures uniform.
 pub fn gelu<F: Float, D: Dimension>(x: &Dual<F, D>, kind: GeluKind) -> Result<Dual<F, D>> {
-    Ok(unary(x, |v| gelu_and_grad(v, kind)))
+    Ok(match kind {
+        GeluKind::Erf => unary(x, |v| gelu_erf(v).0, gelu_erf),
+        GeluKind::Tanh => unary(x, |v| gelu_tanh(v).0, gelu_tanh),
+    })
 }
 
-/// SiLU (swish): `y = x·σ(x)`, `ẏ = σ(x)(1 + x(1 − σ(x)))·ẋ`.
+/// SiLU (swish), element-wise: `y = x·σ(x)`, `ẏ = σ(x)(1 + x(1 − σ(x)))⊙ẋ`.
 ///
 /// # Shapes
-/// - any; output shaped like `x`
+/// - `x`: any shape; output: the same shape
 ///
 /// # Errors
-/// None.
+/// None; the `Result` keeps the kernel signatures uniform.
 pub fn silu<F: Float, D: Dimension>(x: &Dual<F, D>) -> Result<Dual<F, D>> {
-    Ok(unary(x, silu_and_grad))
+    Ok(unary(x, |v| silu_value(v).0, silu_value))
 }
 
-/// Hyperbolic tangent: `y = tanh x`, `ẏ = (1 − y)(1 + y)·ẋ` (better than `1 − y²` near |y| → 1).
+/// Hyperbolic tangent, element-wise: `y = tanh x`, `ẏ = (1 − y)(1 + y)⊙ẋ` (more accurate than
+/// `1 − y²` as `|y| → 1`).
 ///
 /// # Shapes
-/// - any; output shaped like `x`
+/// - `x`: any shape; output: the same shape
 ///
 /// # Errors
-/// None.
+/// None; the `Result` keeps the kernel signatures uniform.
 pub fn tanh<F: Float, D: Dimension>(x: &Dual<F, D>) -> Result<Dual<F, D>> {
-    Ok(unary(x, |v| {
-        let t = v.tanh();
-        (t, (1.0 - t) * (1.0 + t))
-    }))
+    Ok(unary(x, |v| tanh_value(v).0, tanh_value))
 }
 
-/// SwiGLU: `y = SiLU(g) ⊙ u`, `ẏ = SiLU′(g)·ġ ⊙ u + SiLU(g) ⊙ u̇`.
+/// SwiGLU gate: `y = silu(g)⊙u`, `ẏ = silu′(g)⊙ġ⊙u + silu(g)⊙u̇`.
 ///
-/// Either operand may carry a symbolic-zero tangent; its term is skipped.
+/// Either operand may carry a symbolic-zero tangent (its term is skipped); if both do, the
+/// output is a symbolic zero.
 ///
 /// # Shapes
-/// - `gate`, `up`: the same shape; output the same
+/// - `gate`, `up`: the same shape (any); output: that shape
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) if the shapes differ;
-/// [`Error::TangentCountMismatch`](crate::Error::TangentCountMismatch) if the K differ.
+/// [`Error::TangentCountMismatch`](crate::Error::TangentCountMismatch) if the operands carry
+/// different K.
 pub fn swiglu<F: Float, D: Dimension>(gate: &Dual<F, D>, up: &Dual<F, D>) -> Result<Dual<F, D>> {
     const OP: &str = "swiglu";
-    super::check::exact(OP, up.shape(), gate.shape())?;
-    let k = common_k(OP, &[gate.k(), up.k()])?;
-    let gs = gate.primal().as_slice().expect("standard layout");
-    let us = up.primal().as_slice().expect("standard layout");
-    let n = gs.len();
-    // primal factors: s = SiLU(g), a = SiLU′(g)·u
-    let mut y = Vec::with_capacity(n);
-    let mut s = Vec::with_capacity(n);
-    let mut a = Vec::with_capacity(n);
-    for (&g, &u) in gs.iter().zip(us) {
-        let (sv, sd) = silu_and_grad(g.as_f64());
-        y.push(F::from_f64(sv) * u);
-        s.push(F::from_f64(sv));
-        a.push(F::from_f64(sd) * u);
+    check::exact(OP, up.shape(), gate.shape())?;
+    let Some(k) = common_k(OP, &[gate.k(), up.k()])? else {
+        // y = silu(g)⊙u, primal only
+        let y = Zip::from(gate.primal())
+            .and(up.primal())
+            .map_collect(|&g, &u| silu_value(g).0 * u);
+        return Ok(Dual::constant(y));
+    };
+    // y = s⊙u and the factors s = silu(g), a = silu′(g)⊙u, once per element
+    let dim = gate.primal().raw_dim();
+    let (mut y, mut s, mut a) = (
+        Array::zeros(dim.clone()),
+        Array::zeros(dim.clone()),
+        Array::zeros(dim),
+    );
+    Zip::from(&mut y)
+        .and(&mut s)
+        .and(&mut a)
+        .and(gate.primal())
+        .and(up.primal())
+        .for_each(|y, s, a, &g, &u| {
+            let (sg, dsg) = silu_value(g);
+            *y = sg * u;
+            *s = sg;
+            *a = dsg * u;
+        });
+    // ẏ_k = a⊙ġ_k + s⊙u̇_k (ẏ starts at zero only when ġ is a symbolic zero)
+    let len = y.len();
+    let mut tdim = y.raw_dim().insert_axis(Axis(0)); // [K, ..]
+    tdim[0] = k;
+    let mut ty = Array::zeros(tdim);
+    let mut ty_rows = rows_mut(&mut ty, k, len);
+    let (s, a) = (flat(&s), flat(&a));
+    if let Some(tg) = gate.tangent() {
+        for (mut out, tg) in ty_rows.outer_iter_mut().zip(rows(tg, k, len).outer_iter()) {
+            Zip::from(&mut out)
+                .and(&tg)
+                .and(&a)
+                .for_each(|o, &t, &a| *o = a * t);
+        }
     }
-    let y = Array::from_shape_vec(gate.primal().raw_dim(), y).expect("same size");
-    let Some(k) = k else {
-        return Ok(Dual::from_parts_unchecked(y, None));
-    };
-    // ẏ_k = a ⊙ ġ_k + s ⊙ u̇_k
-    let mut t = match gate.tangent() {
-        Some(tg) => {
-            let mut t = tg.clone();
-            for chunk in t
-                .as_slice_mut()
-                .expect("standard")
-                .chunks_exact_mut(n.max(1))
-            {
-                chunk.iter_mut().zip(&a).for_each(|(o, &ai)| *o *= ai);
-            }
-            t
-        }
-        None => {
-            let mut shape = gate.primal().raw_dim().insert_axis(ndarray::Axis(0));
-            shape[0] = k;
-            Array::zeros(shape)
-        }
-    };
     if let Some(tu) = up.tangent() {
-        let ts = t.as_slice_mut().expect("standard");
-        let tus = tu.as_slice().expect("standard");
-        for (chunk, uchunk) in ts
-            .chunks_exact_mut(n.max(1))
-            .zip(tus.chunks_exact(n.max(1)))
-        {
-            for ((o, &ui), &si) in chunk.iter_mut().zip(uchunk).zip(&s) {
-                *o += si * ui;
-            }
+        for (mut out, tu) in ty_rows.outer_iter_mut().zip(rows(tu, k, len).outer_iter()) {
+            Zip::from(&mut out)
+                .and(&tu)
+                .and(&s)
+                .for_each(|o, &t, &s| *o += s * t);
         }
     }
-    Ok(Dual::from_parts_unchecked(y, Some(t)))
+    Ok(Dual::from_parts_unchecked(y, Some(ty)))
 }
 
-// ---- naive reference twins ------------------------------------------------------------------
+// Scalar functions returning (g(x), g′(x)). The primal-only pass keeps `.0`; the slope it drops
+// is pure arithmetic (and `exp`), which the optimiser removes as dead code.
 
-/// Derivative by the textbook formula of each activation, evaluated per element and per
-/// direction with no shared factors. For tests.
-fn unary_reference<F: Float, D: Dimension>(
+/// Erf-form GELU and its derivative.
+#[inline]
+fn gelu_erf<F: Float>(x: F) -> (F, F) {
+    let half = F::from_f64(0.5);
+    // Φ(x) = ½(1 + erf(x/√2)), φ(x) = e^{−x²/2}/√(2π)
+    let cdf = half * (F::one() + (x * F::from_f64(FRAC_1_SQRT_2)).erf());
+    let pdf = (-half * x * x).exp() * F::from_f64(FRAC_1_SQRT_2PI);
+    (x * cdf, cdf + x * pdf)
+}
+
+/// Tanh-form GELU and its derivative.
+#[inline]
+fn gelu_tanh<F: Float>(x: F) -> (F, F) {
+    let (half, one) = (F::from_f64(0.5), F::one());
+    let c = F::from_f64(GELU_TANH_CUBIC);
+    let s = F::from_f64(SQRT_2_OVER_PI);
+    let x2 = x * x;
+    let t = (s * (x + c * x2 * x)).tanh();
+    let sech2 = (one - t) * (one + t);
+    // sech² = 0 once tanh saturates; skip the product so an overflowing x² cannot make 0·∞
+    let slope = if sech2 == F::zero() {
+        half * (one + t)
+    } else {
+        half * (one + t) + half * x * sech2 * s * (one + F::from_f64(3.0) * c * x2)
+    };
+    (half * x * (one + t), slope)
+}
+
+/// SiLU and its derivative: `σ = 1/(1 + e^{−x})`, `(xσ, σ(1 + x(1 − σ)))`.
+#[inline]
+fn silu_value<F: Float>(x: F) -> (F, F) {
+    let one = F::one();
+    let sig = one / (one + (-x).exp());
+    (x * sig, sig * (one + x * (one - sig)))
+}
+
+/// tanh and its derivative `(1 − t)(1 + t)`.
+#[inline]
+fn tanh_value<F: Float>(x: F) -> (F, F) {
+    let t = x.tanh();
+    (t, (F::one() - t) * (F::one() + t))
+}
+
+/// The shared body of the unary activations.
+///
+/// `value` must compute the same expression as `value_and_slope(..).0`, so that the primal of a
+/// dual pass equals the primal-only pass bitwise.
+fn unary<F: Float, D: Dimension>(
     x: &Dual<F, D>,
-    f: impl Fn(f64) -> f64,
-    df: impl Fn(f64) -> f64,
+    value: impl Fn(F) -> F,
+    value_and_slope: impl Fn(F) -> (F, F),
 ) -> Dual<F, D> {
-    let y = x.primal().mapv(|v| F::from_f64(f(v.as_f64())));
-    let t = x.tangent().map(|t| {
-        let mut out = t.clone();
-        for k in 0..t.shape()[0] {
-            let mut o = out.index_axis_mut(ndarray::Axis(0), k);
-            for (ov, xv) in o.iter_mut().zip(x.primal().iter()) {
-                *ov = F::from_f64(df(xv.as_f64()) * ov.as_f64());
-            }
-        }
-        out
-    });
-    Dual::from_parts_unchecked(y, t)
+    let Some(tx) = x.tangent() else {
+        // y = g(x), primal only
+        return Dual::constant(x.primal().mapv(value));
+    };
+    // y = g(x) and g′(x), once per element
+    let dim = x.primal().raw_dim();
+    let (mut y, mut slope) = (Array::zeros(dim.clone()), Array::zeros(dim));
+    Zip::from(&mut y)
+        .and(&mut slope)
+        .and(x.primal())
+        .for_each(|y, s, &v| (*y, *s) = value_and_slope(v));
+    // ẏ_k = g′(x)⊙ẋ_k for every direction k
+    let (k, len) = (tx.shape()[0], y.len());
+    let mut ty = Array::zeros(tx.raw_dim());
+    let slope = flat(&slope);
+    for (mut out, t) in rows_mut(&mut ty, k, len)
+        .outer_iter_mut()
+        .zip(rows(tx, k, len).outer_iter())
+    {
+        Zip::from(&mut out)
+            .and(&t)
+            .and(&slope)
+            .for_each(|o, &t, &s| *o = s * t);
+    }
+    Dual::from_parts_unchecked(y, Some(ty))
 }
 
-/// Naive twin of [`gelu`].
+/// A standard-layout array (every `Dual` array is one) as a flat vector view.
+fn flat<F: Float, E: Dimension>(a: &Array<F, E>) -> ArrayView1<'_, F> {
+    ArrayView1::from(a.as_slice().expect("standard layout"))
+}
+
+/// Stacked tangents `[K, ..]` (standard layout) as a `[K, len]` matrix view.
+fn rows<F: Float, E: Dimension>(t: &Array<F, E>, k: usize, len: usize) -> ArrayView2<'_, F> {
+    ArrayView2::from_shape((k, len), t.as_slice().expect("standard layout"))
+        .expect("K times the primal length")
+}
+
+/// Mutable twin of [`rows`].
+fn rows_mut<F: Float, E: Dimension>(
+    t: &mut Array<F, E>,
+    k: usize,
+    len: usize,
+) -> ArrayViewMut2<'_, F> {
+    ArrayViewMut2::from_shape((k, len), t.as_slice_mut().expect("standard layout"))
+        .expect("K times the primal length")
+}
+
+// ---- naive reference twins (loops, one direction at a time) -------------------------------------
+
+/// Naive twin of [`gelu`]: textbook formulas in f64, one direction at a time. For tests.
 ///
 /// # Errors
-/// None.
+/// None, as [`gelu`].
 pub fn gelu_reference<F: Float, D: Dimension>(
     x: &Dual<F, D>,
     kind: GeluKind,
 ) -> Result<Dual<F, D>> {
-    Ok(match kind {
-        GeluKind::Erf => unary_reference(
-            x,
-            |v| 0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt())),
-            |v| {
-                0.5 * (1.0 + libm::erf(v / 2f64.sqrt()))
-                    + v * (-v * v / 2.0).exp() / (2.0 * PI).sqrt()
-            },
-        ),
-        GeluKind::Tanh => unary_reference(
-            x,
-            |v| 0.5 * v * (1.0 + ((2.0 / PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh()),
-            |v| {
-                let u = (2.0 / PI).sqrt() * (v + 0.044715 * v.powi(3));
-                let sech2 = 1.0 / u.cosh().powi(2);
-                0.5 * (1.0 + u.tanh())
-                    + 0.5 * v * sech2 * (2.0 / PI).sqrt() * (1.0 + 3.0 * 0.044715 * v * v)
-            },
-        ),
-    })
+    Ok(unary_reference(x, |x| match kind {
+        GeluKind::Erf => {
+            let cdf = 0.5 * (1.0 + libm::erf(x / 2f64.sqrt()));
+            let pdf = (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            (x * cdf, cdf + x * pdf)
+        }
+        GeluKind::Tanh => {
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let u = c * (x + 0.044715 * x.powi(3));
+            let du = c * (1.0 + 3.0 * 0.044715 * x * x);
+            let sech2 = 1.0 / u.cosh().powi(2);
+            (
+                0.5 * x * (1.0 + u.tanh()),
+                0.5 * (1.0 + u.tanh()) + 0.5 * x * sech2 * du,
+            )
+        }
+    }))
 }
 
-/// Naive twin of [`silu`].
+/// Naive twin of [`silu`]. For tests.
 ///
 /// # Errors
-/// None.
+/// None, as [`silu`].
 pub fn silu_reference<F: Float, D: Dimension>(x: &Dual<F, D>) -> Result<Dual<F, D>> {
-    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
-    Ok(unary_reference(
-        x,
-        |v| v * sig(v),
-        |v| sig(v) + v * sig(v) * (1.0 - sig(v)),
-    ))
+    Ok(unary_reference(x, silu_reference_scalar))
 }
 
-/// Naive twin of [`tanh`].
+/// Naive twin of [`tanh`]. For tests.
 ///
 /// # Errors
-/// None.
+/// None, as [`tanh`].
 pub fn tanh_reference<F: Float, D: Dimension>(x: &Dual<F, D>) -> Result<Dual<F, D>> {
-    Ok(unary_reference(x, f64::tanh, |v| 1.0 / v.cosh().powi(2)))
+    Ok(unary_reference(x, |x| (x.tanh(), 1.0 - x.tanh().powi(2))))
 }
 
-/// Naive twin of [`swiglu`]: SiLU of the gate times `up` by the product rule, per direction.
+/// Naive twin of [`swiglu`]. For tests.
 ///
 /// # Errors
 /// As [`swiglu`].
@@ -260,28 +298,64 @@ pub fn swiglu_reference<F: Float, D: Dimension>(
     gate: &Dual<F, D>,
     up: &Dual<F, D>,
 ) -> Result<Dual<F, D>> {
-    super::check::exact("swiglu_reference", up.shape(), gate.shape())?;
-    let k = common_k("swiglu_reference", &[gate.k(), up.k()])?;
-    let s = silu_reference(gate)?;
-    let y = ndarray::Zip::from(s.primal())
-        .and(up.primal())
-        .map_collect(|&a, &b| a * b);
-    let t = k.map(|k| {
-        let mut shape = vec![k];
-        shape.extend_from_slice(gate.shape());
-        let mut t = ndarray::ArrayD::<F>::zeros(ndarray::IxDyn(&shape));
-        for kk in 0..k {
-            for (i, (&sv, &uv)) in s.primal().iter().zip(up.primal().iter()).enumerate() {
-                let ds = s.tangent().map_or(F::zero(), |st| {
-                    st.as_slice().expect("std")[kk * s.primal().len() + i]
-                });
-                let du = up.tangent().map_or(F::zero(), |ut| {
-                    ut.as_slice().expect("std")[kk * s.primal().len() + i]
-                });
-                t.as_slice_mut().expect("std")[kk * s.primal().len() + i] = ds * uv + sv * du;
-            }
+    const OP: &str = "swiglu_reference";
+    check::exact(OP, up.shape(), gate.shape())?;
+    let k = common_k(OP, &[gate.k(), up.k()])?;
+    let g: Vec<f64> = gate.primal().iter().map(|&v| v.as_f64()).collect();
+    let u: Vec<f64> = up.primal().iter().map(|&v| v.as_f64()).collect();
+    let mut y = Vec::new();
+    for i in 0..g.len() {
+        y.push(F::from_f64(silu_reference_scalar(g[i]).0 * u[i]));
+    }
+    let y = Array::from_shape_vec(gate.primal().raw_dim(), y).expect("same length");
+    let Some(k) = k else {
+        return Ok(Dual::constant(y));
+    };
+    let zeros = vec![0.0; g.len()];
+    let mut directions = Vec::new();
+    for kk in 0..k {
+        // one direction at a time; a symbolic zero contributes zeros
+        let dg: Vec<f64> = gate
+            .direction(kk)
+            .map_or(zeros.clone(), |d| d.iter().map(|&v| v.as_f64()).collect());
+        let du: Vec<f64> = up
+            .direction(kk)
+            .map_or(zeros.clone(), |d| d.iter().map(|&v| v.as_f64()).collect());
+        let mut d = Vec::new();
+        for i in 0..g.len() {
+            let (s, ds) = silu_reference_scalar(g[i]);
+            d.push(F::from_f64(ds * dg[i] * u[i] + s * du[i]));
         }
-        t.into_dimensionality::<D::Larger>().expect("rank")
-    });
-    Ok(Dual::from_parts_unchecked(y, t))
+        directions.push(Array::from_shape_vec(y.raw_dim(), d).expect("same length"));
+    }
+    let views: Vec<_> = directions.iter().map(|d| d.view()).collect();
+    Dual::from_directions(y, &views)
+}
+
+/// SiLU and its derivative as textbook formulas: `σ + xσ(1 − σ)`.
+fn silu_reference_scalar(x: f64) -> (f64, f64) {
+    let sig = 1.0 / (1.0 + (-x).exp());
+    (x * sig, sig + x * sig * (1.0 - sig))
+}
+
+/// Applies `f(x) = (g(x), g′(x))` in f64 element by element, one direction at a time.
+fn unary_reference<F: Float, D: Dimension>(
+    x: &Dual<F, D>,
+    f: impl Fn(f64) -> (f64, f64),
+) -> Dual<F, D> {
+    let y = x.primal().mapv(|v| F::from_f64(f(v.as_f64()).0));
+    let Some(k) = x.k() else {
+        return Dual::constant(y);
+    };
+    let directions: Vec<_> = (0..k)
+        .map(|kk| {
+            let mut d = x.direction(kk).expect("dual input").to_owned();
+            Zip::from(&mut d)
+                .and(x.primal())
+                .for_each(|d, &v| *d = F::from_f64(f(v.as_f64()).1 * d.as_f64()));
+            d
+        })
+        .collect();
+    let views: Vec<_> = directions.iter().map(|d| d.view()).collect();
+    Dual::from_directions(y, &views).expect("directions shaped like the primal")
 }

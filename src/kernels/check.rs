@@ -57,3 +57,15 @@ pub(crate) fn heads(
         ))
     }
 }
+
+/// Checks that a norm's ε is finite and ≥ 0.
+pub(crate) fn norm_eps(op: &'static str, eps: f64) -> Result<()> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            format!("eps must be finite and >= 0, got {eps}"),
+        ))
+    }
+}

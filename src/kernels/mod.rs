@@ -14,10 +14,11 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
+pub mod layer_norm;
 pub mod linear;
 pub mod lora;
-pub mod norm;
 pub mod pooling;
+pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 
@@ -32,11 +33,14 @@ pub use cross_entropy::{
 };
 pub use elementwise::{add, add_into, add_reference};
 pub use embedding::{embedding, embedding_dual, embedding_dual_reference, embedding_reference};
+pub use layer_norm::{
+    layer_norm, layer_norm_dual, layer_norm_dual_reference, layer_norm_reference,
+};
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
 pub use lora::{lora_linear, lora_linear_reference};
-pub use norm::{layer_norm, layer_norm_dual, norm_reference, rms_norm, rms_norm_dual};
 pub use pooling::{first_token_pool, first_token_pool_reference, mean_pool, mean_pool_reference};
+pub use rms_norm::{rms_norm, rms_norm_dual, rms_norm_dual_reference, rms_norm_reference};
 pub use rope::{RopeLayout, RopeTable, rope, rope_reference};
 pub use softmax::{log_softmax, log_softmax_reference, softmax, softmax_reference};

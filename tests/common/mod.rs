@@ -123,3 +123,8 @@ pub fn dropout_mask(n: usize) -> impl Strategy<Value = Vec<f64>> {
 pub fn lincomb(a: f64, x: &[f64], b: f64, y: &[f64]) -> Vec<f64> {
     x.iter().zip(y).map(|(p, q)| a * p + b * q).collect()
 }
+
+/// Rounds every value to f32 and back, so an f64 run sees exactly the f32 run's inputs.
+pub fn round_f32(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x as f32)).collect()
+}
