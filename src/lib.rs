@@ -12,6 +12,7 @@
 pub mod dual;
 pub mod error;
 pub mod float;
+pub mod io;
 pub mod kernels;
 
 pub use dual::{Dual, common_k};
