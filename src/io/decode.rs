@@ -40,3 +40,9 @@ pub(crate) fn bf16_le(bytes: &[u8]) -> Vec<f32> {
         .convert_to_f32_slice(&mut out);
     out
 }
+
+/// One little-endian f16 at `bytes[0..2]`, as f32.
+#[inline]
+pub(crate) fn f16_at(bytes: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[0], bytes[1]])).to_f32()
+}

@@ -12,18 +12,22 @@
 //!   `<crate>/assets`, filled by `scripts/fetch_assets.sh`).
 //!
 //! Every reader checks lengths and offsets against the file before it allocates or slices, so a
-//! corrupt or truncated file gives an [`Error::Format`](crate::Error::Format), never a panic or a
+//! corrupt or truncated file gives an [`Error::Format`], never a panic or a
 //! huge allocation; every weight is checked finite at load
-//! ([`Error::NonFinite`](crate::Error::NonFinite)).
+//! ([`Error::NonFinite`]).
 
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
 mod decode;
+pub mod gguf;
 pub mod safetensors;
 pub mod weights;
 
+pub use gguf::{
+    GgmlType, GgufArray, GgufFile, GgufTensorInfo, GgufValue, GgufValueType, unpermute_rope_rows,
+};
 pub use safetensors::{load_safetensors, save_safetensors};
 pub use weights::{SkippedTensor, Weights};
 

@@ -74,6 +74,12 @@ impl Weights {
         Ok(())
     }
 
+    /// Adds a tensor the caller has already checked finite.
+    pub(crate) fn insert_finite(&mut self, name: String, tensor: ArrayD<f32>) {
+        self.skipped.remove(&name);
+        self.tensors.insert(name, tensor);
+    }
+
     /// Records a tensor that was listed but not converted.
     pub(crate) fn insert_skipped(&mut self, name: String, dtype: String, shape: Vec<usize>) {
         self.skipped.insert(name, SkippedTensor { dtype, shape });
