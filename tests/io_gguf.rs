@@ -9,7 +9,8 @@ use half::f16;
 use ndarray::{Array2, Axis};
 use spry::Error;
 use spry::io::{
-    GgmlType, GgufArray, GgufFile, GgufValue, GgufValueType, asset, unpermute_rope_rows,
+    GgmlType, GgufArray, GgufFile, GgufValue, GgufValueType, LlamaConfig, asset,
+    unpermute_rope_rows,
 };
 
 // ---- a minimal GGUF writer -----------------------------------------------------------------
@@ -818,6 +819,163 @@ fn unpermute_rope_rows_rejects_bad_head_counts() {
     }
 }
 
+// ---- tests: Llama configuration from metadata ----------------------------------------------
+
+fn llama_kv() -> Vec<(&'static str, GgufValue)> {
+    vec![
+        ("general.architecture", GgufValue::String("llama".into())),
+        ("llama.embedding_length", GgufValue::U32(16)),
+        ("llama.feed_forward_length", GgufValue::U32(40)),
+        ("llama.block_count", GgufValue::U32(2)),
+        ("llama.attention.head_count", GgufValue::U32(4)),
+        ("llama.attention.head_count_kv", GgufValue::U32(2)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            GgufValue::F32(1e-5),
+        ),
+        ("llama.rope.freq_base", GgufValue::F32(500000.0)),
+        ("llama.context_length", GgufValue::U32(128)),
+        (
+            "tokenizer.ggml.tokens",
+            GgufValue::Array(GgufArray::String(
+                (0..10).map(|i| format!("t{i}")).collect(),
+            )),
+        ),
+        ("tokenizer.ggml.bos_token_id", GgufValue::U32(1)),
+        ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
+        ("tokenizer.ggml.padding_token_id", GgufValue::U32(0)),
+    ]
+}
+
+fn llama_file(kv: &[(&str, GgufValue)], with_output: bool) -> GgufFile {
+    let mut tensors = vec![tensor("token_embd.weight", &[16, 10], 0, vec![0; 640])];
+    if with_output {
+        tensors.push(tensor("output.weight", &[16, 10], 0, vec![0; 640]));
+    }
+    parse(build(3, kv, &tensors, 32)).unwrap()
+}
+
+/// `llama_kv()` with `key` replaced by `value` (`None` removes it).
+fn llama_kv_with(key: &'static str, value: Option<GgufValue>) -> Vec<(&'static str, GgufValue)> {
+    let mut kv: Vec<_> = llama_kv().into_iter().filter(|(k, _)| *k != key).collect();
+    kv.extend(value.map(|v| (key, v)));
+    kv
+}
+
+fn config_error_msg(result: spry::Result<LlamaConfig>) -> String {
+    match result {
+        Err(Error::Config { path, msg }) => {
+            assert_eq!(path, PathBuf::from("test.gguf"));
+            msg
+        }
+        other => panic!("expected a Config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn llama_config_from_metadata() {
+    let c = LlamaConfig::from_gguf(&llama_file(&llama_kv(), false)).unwrap();
+    let want = LlamaConfig::from_json(
+        r#"{"vocab_size": 10, "hidden_size": 16, "intermediate_size": 40,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 9.999999747378752e-06, "rope_theta": 500000.0,
+            "max_position_embeddings": 128, "tie_word_embeddings": true,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}"#,
+    )
+    .unwrap();
+    assert_eq!(c, want);
+
+    // An output matrix unties the embeddings; a missing KV head count means plain MHA.
+    let c = LlamaConfig::from_gguf(&llama_file(&llama_kv(), true)).unwrap();
+    assert!(!c.tie_word_embeddings);
+    let kv = llama_kv_with("llama.attention.head_count_kv", None);
+    assert_eq!(
+        LlamaConfig::from_gguf(&llama_file(&kv, false))
+            .unwrap()
+            .num_key_value_heads,
+        4
+    );
+    // Integer widths other than u32 are accepted; consistent extra keys too.
+    let kv = llama_kv_with("llama.block_count", Some(GgufValue::I64(2)));
+    assert_eq!(
+        LlamaConfig::from_gguf(&llama_file(&kv, false))
+            .unwrap()
+            .num_hidden_layers,
+        2
+    );
+    let kv = llama_kv_with("llama.rope.dimension_count", Some(GgufValue::U32(4)));
+    LlamaConfig::from_gguf(&llama_file(&kv, false)).unwrap();
+    let kv = llama_kv_with("llama.vocab_size", Some(GgufValue::U32(10)));
+    LlamaConfig::from_gguf(&llama_file(&kv, false)).unwrap();
+}
+
+#[test]
+fn llama_config_from_bad_metadata() {
+    let cases: Vec<(Vec<(&str, GgufValue)>, &str)> = vec![
+        (
+            llama_kv_with(
+                "general.architecture",
+                Some(GgufValue::String("gpt2".into())),
+            ),
+            "gpt2",
+        ),
+        (
+            llama_kv_with("general.architecture", None),
+            "general.architecture",
+        ),
+        (
+            llama_kv_with("llama.block_count", None),
+            "llama.block_count",
+        ),
+        (
+            llama_kv_with("llama.attention.layer_norm_rms_epsilon", None),
+            "layer_norm_rms_epsilon",
+        ),
+        (
+            llama_kv_with("llama.block_count", Some(GgufValue::String("2".into()))),
+            "llama.block_count",
+        ),
+        (
+            llama_kv_with("llama.block_count", Some(GgufValue::I32(-2))),
+            "llama.block_count",
+        ),
+        (
+            llama_kv_with("llama.rope.dimension_count", Some(GgufValue::U32(2))),
+            "dimension_count",
+        ),
+        (
+            llama_kv_with("llama.vocab_size", Some(GgufValue::U32(12))),
+            "disagrees",
+        ),
+        (
+            llama_kv_with(
+                "llama.rope.scaling.type",
+                Some(GgufValue::String("linear".into())),
+            ),
+            "scaling",
+        ),
+        (
+            llama_kv_with("llama.attention.head_count_kv", Some(GgufValue::U32(3))),
+            "divisible",
+        ),
+        (
+            llama_kv_with("tokenizer.ggml.eos_token_id", Some(GgufValue::U32(10))),
+            "eos_token_id",
+        ),
+        (
+            llama_kv_with(
+                "tokenizer.ggml.tokens",
+                Some(GgufValue::Array(GgufArray::U8(vec![1]))),
+            ),
+            "tokenizer.ggml.tokens",
+        ),
+    ];
+    for (kv, needle) in cases {
+        let m = config_error_msg(LlamaConfig::from_gguf(&llama_file(&kv, false)));
+        assert!(m.contains(needle), "{needle}: {m}");
+    }
+}
+
 // ---- tests: the real file ------------------------------------------------------------------
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -894,6 +1052,35 @@ fn real_smollm2_gguf_loads() {
             .unwrap()
             .len(),
         48900
+    );
+
+    // The configuration from the metadata is the one in config.json (which the asset
+    // maintainers rebuilt from the same metadata with the gguf Python package), and the known
+    // hyper-parameters of SmolLM2-135M.
+    let from_gguf = LlamaConfig::from_gguf(&g).unwrap();
+    let from_json =
+        LlamaConfig::from_file(asset("SmolLM2-135M-Instruct/config.json").unwrap()).unwrap();
+    assert_eq!(from_gguf, from_json);
+    let c = &from_gguf;
+    assert_eq!(
+        (
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads
+        ),
+        (30, 576, 9, 3)
+    );
+    assert_eq!(
+        (c.intermediate_size, c.vocab_size, c.head_dim()),
+        (1536, 49152, 64)
+    );
+    assert_eq!((c.max_position_embeddings, c.rope_theta), (8192, 100000.0));
+    assert_eq!(c.rms_norm_eps, f64::from(1e-5f32));
+    assert!(c.tie_word_embeddings);
+    assert_eq!(
+        (c.bos_token_id, c.eos_token_ids.as_slice(), c.pad_token_id),
+        (Some(1), &[2][..], Some(2))
     );
 
     let started = std::time::Instant::now();

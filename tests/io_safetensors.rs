@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::{Array, ArrayD, IxDyn, array};
 use spry::Error;
-use spry::io::{asset, load_safetensors, save_safetensors};
+use spry::io::{BertConfig, asset, load_safetensors, save_safetensors};
 
 /// A fresh path in the system temp dir, unique per process and call.
 fn temp_path(tag: &str) -> PathBuf {
@@ -459,6 +459,7 @@ fn insert_rejects_non_finite() {
 #[test]
 fn real_minilm_loads() {
     let path = asset("all-MiniLM-L6-v2/model.safetensors").unwrap_or_else(|e| panic!("{e}"));
+    let config = BertConfig::from_file(path.with_file_name("config.json")).unwrap();
     let started = std::time::Instant::now();
     let w = load_safetensors(&path).unwrap();
     eprintln!("MiniLM load: {:?}", started.elapsed());
@@ -468,19 +469,29 @@ fn real_minilm_loads() {
     assert_eq!(skipped.len(), 1);
     assert_eq!(skipped[0].0, "embeddings.position_ids");
     assert_eq!(skipped[0].1.dtype, "I64");
-    let h = 384;
+    let h = config.hidden_size;
+    assert_eq!(h, 384);
     w.get2("encoder.layer.0.attention.self.query.weight", [h, h])
         .unwrap();
-    w.get2("embeddings.word_embeddings.weight", [30522, h])
+    w.get2("embeddings.word_embeddings.weight", [config.vocab_size, h])
         .unwrap();
-    w.get2("embeddings.position_embeddings.weight", [512, h])
-        .unwrap();
-    w.get2("embeddings.token_type_embeddings.weight", [2, h])
-        .unwrap();
-    for l in 0..6 {
+    w.get2(
+        "embeddings.position_embeddings.weight",
+        [config.max_position_embeddings, h],
+    )
+    .unwrap();
+    w.get2(
+        "embeddings.token_type_embeddings.weight",
+        [config.type_vocab_size, h],
+    )
+    .unwrap();
+    for l in 0..config.num_hidden_layers {
         let p = format!("encoder.layer.{l}.");
-        w.get2(&format!("{p}intermediate.dense.weight"), [1536, h])
-            .unwrap();
+        w.get2(
+            &format!("{p}intermediate.dense.weight"),
+            [config.intermediate_size, h],
+        )
+        .unwrap();
         w.get1(&format!("{p}output.LayerNorm.bias"), h).unwrap();
     }
     // LayerNorm gains of a trained model sit around 1.

@@ -20,11 +20,13 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+pub mod config;
 mod decode;
 pub mod gguf;
 pub mod safetensors;
 pub mod weights;
 
+pub use config::{Activation, BertConfig, LlamaConfig};
 pub use gguf::{
     GgmlType, GgufArray, GgufFile, GgufTensorInfo, GgufValue, GgufValueType, unpermute_rope_rows,
 };
