@@ -14,6 +14,7 @@ pub mod dual;
 pub mod error;
 pub mod federated;
 pub mod float;
+pub mod io;
 pub mod kernels;
 pub mod metrics;
 pub mod modules;
