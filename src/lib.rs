@@ -17,6 +17,7 @@ pub mod float;
 pub mod io;
 pub mod kernels;
 pub mod metrics;
+pub mod models;
 pub mod modules;
 pub mod rng;
 pub mod tokenizer;

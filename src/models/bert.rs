@@ -15,8 +15,8 @@ use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix1, Ix2, Ix3};
 use super::source::{WeightSource, take1, take2};
 use crate::io::BertConfig;
 use crate::kernels::{
-    AttentionShape, CrossEntropy, GeluKind, add, attention, cross_entropy, first_token_pool, gelu, layer_norm, linear_dual,
-    mean_pool, tanh,
+    AttentionShape, CrossEntropy, GeluKind, add, attention, cross_entropy, first_token_pool, gelu,
+    layer_norm, linear_dual, mean_pool, tanh,
 };
 use crate::modules::trainable::param_dual;
 use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
@@ -46,10 +46,18 @@ impl BertBatch {
     /// [`Error::ShapeMismatch`] if `ids` and `mask` differ in shape.
     pub fn new(ids: Array2<u32>, mask: Array2<bool>) -> Result<Self> {
         if ids.dim() != mask.dim() {
-            return Err(Error::shape("BertBatch::new", format!("mask {:?}", ids.shape()), mask.shape()));
+            return Err(Error::shape(
+                "BertBatch::new",
+                format!("mask {:?}", ids.shape()),
+                mask.shape(),
+            ));
         }
         let type_ids = Array2::zeros(ids.dim());
-        Ok(BertBatch { ids, type_ids, mask })
+        Ok(BertBatch {
+            ids,
+            type_ids,
+            mask,
+        })
     }
 }
 
@@ -79,7 +87,13 @@ pub struct Bert<F: Float> {
     path_prefix: String,
 }
 
-fn frozen<F: Float>(src: &mut dyn WeightSource, name_prefix: &str, path: &str, out: usize, inp: usize) -> Result<FrozenLinear<F>> {
+fn frozen<F: Float>(
+    src: &mut dyn WeightSource,
+    name_prefix: &str,
+    path: &str,
+    out: usize,
+    inp: usize,
+) -> Result<FrozenLinear<F>> {
     Ok(FrozenLinear {
         path: path.to_string(),
         weight: take2(src, &format!("{name_prefix}{path}.weight"), out, inp)?,
@@ -88,8 +102,15 @@ fn frozen<F: Float>(src: &mut dyn WeightSource, name_prefix: &str, path: &str, o
     })
 }
 
-fn ln_pair<F: Float>(src: &mut dyn WeightSource, name: &str, h: usize) -> Result<(Array1<F>, Array1<F>)> {
-    Ok((take1(src, &format!("{name}.weight"), h)?, take1(src, &format!("{name}.bias"), h)?))
+fn ln_pair<F: Float>(
+    src: &mut dyn WeightSource,
+    name: &str,
+    h: usize,
+) -> Result<(Array1<F>, Array1<F>)> {
+    Ok((
+        take1(src, &format!("{name}.weight"), h)?,
+        take1(src, &format!("{name}.bias"), h)?,
+    ))
 }
 
 impl<F: Float> Bert<F> {
@@ -109,10 +130,29 @@ impl<F: Float> Bert<F> {
     ) -> Result<Self> {
         lora.validate()?;
         let (h, ffn) = (config.hidden_size, config.intermediate_size);
-        let np = if src.has("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
-        let word = take2(src, &format!("{np}embeddings.word_embeddings.weight"), config.vocab_size, h)?;
-        let position = take2(src, &format!("{np}embeddings.position_embeddings.weight"), config.max_position_embeddings, h)?;
-        let token_type = take2(src, &format!("{np}embeddings.token_type_embeddings.weight"), config.type_vocab_size, h)?;
+        let np = if src.has("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let word = take2(
+            src,
+            &format!("{np}embeddings.word_embeddings.weight"),
+            config.vocab_size,
+            h,
+        )?;
+        let position = take2(
+            src,
+            &format!("{np}embeddings.position_embeddings.weight"),
+            config.max_position_embeddings,
+            h,
+        )?;
+        let token_type = take2(
+            src,
+            &format!("{np}embeddings.token_type_embeddings.weight"),
+            config.type_vocab_size,
+            h,
+        )?;
         let emb_ln = ln_pair(src, &format!("{np}embeddings.LayerNorm"), h)?;
         let peft_prefix = format!("{PEFT_PREFIX}{module_prefix}");
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
@@ -179,7 +219,13 @@ impl<F: Float> Bert<F> {
         let (b, t) = batch.ids.dim();
         let h = self.config.hidden_size;
         if t > self.position.nrows() {
-            return Err(Error::invalid(OP, format!("sequence length {t} exceeds {} positions", self.position.nrows())));
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "sequence length {t} exceeds {} positions",
+                    self.position.nrows()
+                ),
+            ));
         }
         let mut x = Array3::<F>::zeros((b, t, h));
         for bi in 0..b {
@@ -187,10 +233,16 @@ impl<F: Float> Bert<F> {
                 let id = batch.ids[[bi, ti]] as usize;
                 let ty = batch.type_ids[[bi, ti]] as usize;
                 if id >= self.word.nrows() {
-                    return Err(Error::invalid(OP, format!("token id {id} >= vocabulary {}", self.word.nrows())));
+                    return Err(Error::invalid(
+                        OP,
+                        format!("token id {id} >= vocabulary {}", self.word.nrows()),
+                    ));
                 }
                 if ty >= self.token_type.nrows() {
-                    return Err(Error::invalid(OP, format!("token type {ty} >= {}", self.token_type.nrows())));
+                    return Err(Error::invalid(
+                        OP,
+                        format!("token type {ty} >= {}", self.token_type.nrows()),
+                    ));
                 }
                 let mut row = x.slice_mut(ndarray::s![bi, ti, ..]);
                 row += &self.word.row(id);
@@ -198,16 +250,31 @@ impl<F: Float> Bert<F> {
                 row += &self.token_type.row(ty);
             }
         }
-        layer_norm(&Dual::constant(x), self.emb_ln.0.view(), Some(self.emb_ln.1.view()), self.config.layer_norm_eps)
+        layer_norm(
+            &Dual::constant(x),
+            self.emb_ln.0.view(),
+            Some(self.emb_ln.1.view()),
+            self.config.layer_norm_eps,
+        )
     }
 
     /// The last hidden state `[B, T, H]` with K tangents if `dirs` perturbs any adapter.
     ///
     /// # Errors
     /// Shape errors for a malformed batch; kernel errors.
-    pub fn encode(&self, batch: &BertBatch, trainable: &Trainable<F>, dirs: &Directions<F>, dropout: Option<&DropoutKey>) -> Result<Dual<F, Ix3>> {
+    pub fn encode(
+        &self,
+        batch: &BertBatch,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+        dropout: Option<&DropoutKey>,
+    ) -> Result<Dual<F, Ix3>> {
         if batch.ids.dim() != batch.mask.dim() || batch.ids.dim() != batch.type_ids.dim() {
-            return Err(Error::shape("Bert::encode", format!("mask and type ids {:?}", batch.ids.shape()), batch.mask.shape()));
+            return Err(Error::shape(
+                "Bert::encode",
+                format!("mask and type ids {:?}", batch.ids.shape()),
+                batch.mask.shape(),
+            ));
         }
         let cfg = &self.config;
         let heads = cfg.num_attention_heads;
@@ -228,12 +295,26 @@ impl<F: Float> Bert<F> {
             let a = attention(&q, &k, &v, Some(batch.mask.view()), &shape)?;
             drop((q, k, v));
             let o = blk.attn_out.forward(&a, trainable, dirs, lora, dropout)?;
-            x = layer_norm(&add(&x, &o)?, blk.attn_ln.0.view(), Some(blk.attn_ln.1.view()), eps)?;
+            x = layer_norm(
+                &add(&x, &o)?,
+                blk.attn_ln.0.view(),
+                Some(blk.attn_ln.1.view()),
+                eps,
+            )?;
             // feed-forward sub-block: x = LN(x + W2·GELU(W1x))
-            let hdn = gelu(&blk.intermediate.forward(&x, trainable, dirs, lora, dropout)?, GeluKind::Erf)?;
+            let hdn = gelu(
+                &blk.intermediate
+                    .forward(&x, trainable, dirs, lora, dropout)?,
+                GeluKind::Erf,
+            )?;
             let o = blk.output.forward(&hdn, trainable, dirs, lora, dropout)?;
             drop(hdn);
-            x = layer_norm(&add(&x, &o)?, blk.out_ln.0.view(), Some(blk.out_ln.1.view()), eps)?;
+            x = layer_norm(
+                &add(&x, &o)?,
+                blk.out_ln.0.view(),
+                Some(blk.out_ln.1.view()),
+                eps,
+            )?;
         }
         Ok(x)
     }
@@ -246,7 +327,11 @@ impl<F: Float> Bert<F> {
     ///
     /// # Errors
     /// As [`Bert::encode`].
-    pub fn sentence_embeddings(&self, batch: &BertBatch, trainable: &Trainable<F>) -> Result<Array2<F>> {
+    pub fn sentence_embeddings(
+        &self,
+        batch: &BertBatch,
+        trainable: &Trainable<F>,
+    ) -> Result<Array2<F>> {
         let h = self.encode(batch, trainable, &Directions::none(trainable.len()), None)?;
         let mut e = mean_pool(&h, batch.mask.view())?.into_primal();
         for mut row in e.axis_iter_mut(Axis(0)) {
@@ -259,7 +344,12 @@ impl<F: Float> Bert<F> {
     }
 
     /// BERT's pooler on the first token: `tanh(W_p·x[:, 0] + b_p)`.
-    fn pool(&self, h: &Dual<F, Ix3>, trainable: &Trainable<F>, dirs: &Directions<F>) -> Result<Dual<F, Ix2>> {
+    fn pool(
+        &self,
+        h: &Dual<F, Ix3>,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+    ) -> Result<Dual<F, Ix2>> {
         let first = first_token_pool(h)?;
         match &self.pooler {
             Some(p) => tanh(&p.forward(&first, trainable, dirs, &self.lora, None)?),
@@ -295,16 +385,26 @@ impl<F: Float> BertClassifier<F> {
     ///
     /// # Errors
     /// As [`Bert::load`]; [`Error::InvalidArgument`] if `n_labels` < 2.
-    pub fn load(config: &BertConfig, src: &mut dyn WeightSource, lora: &LoraConfig, n_labels: usize, seed: u64) -> Result<(Self, Trainable<F>)> {
+    pub fn load(
+        config: &BertConfig,
+        src: &mut dyn WeightSource,
+        lora: &LoraConfig,
+        n_labels: usize,
+        seed: u64,
+    ) -> Result<(Self, Trainable<F>)> {
         if n_labels < 2 {
-            return Err(Error::invalid("BertClassifier::load", format!("{n_labels} labels; need at least 2")));
+            return Err(Error::invalid(
+                "BertClassifier::load",
+                format!("{n_labels} labels; need at least 2"),
+            ));
         }
         let mut trainable = Trainable::new();
         let bert = Bert::load(config, src, lora, "bert.", seed, &mut trainable)?;
         let h = config.hidden_size;
         let mut rng = crate::rng::KeyedRng::new(seed, crate::rng::Domain::Init, &[u64::MAX]);
         let mut w = Array2::<F>::zeros((n_labels, h));
-        w.iter_mut().for_each(|v| *v = F::from_f64(0.02 * rng.normal()));
+        w.iter_mut()
+            .for_each(|v| *v = F::from_f64(0.02 * rng.normal()));
         let b = Array1::<F>::zeros(n_labels);
         let unit = trainable.push_unit(
             "classifier",
@@ -353,10 +453,14 @@ impl<F: Float> BertClassifier<F> {
         dirs: &Directions<F>,
         dropout: Option<&DropoutKey>,
     ) -> Result<ClassifierOutput<F>> {
-        if let Some(l) = labels {
-            if l.len() != batch.ids.nrows() {
-                return Err(Error::shape("BertClassifier::forward", format!("[{}] labels", batch.ids.nrows()), &[l.len()]));
-            }
+        if let Some(l) = labels
+            && l.len() != batch.ids.nrows()
+        {
+            return Err(Error::shape(
+                "BertClassifier::forward",
+                format!("[{}] labels", batch.ids.nrows()),
+                &[l.len()],
+            ));
         }
         let h = self.bert.encode(batch, trainable, dirs, dropout)?;
         let pooled = self.bert.pool(&h, trainable, dirs)?;
@@ -380,7 +484,13 @@ impl<F: Float> BertClassifier<F> {
     /// # Errors
     /// As [`BertClassifier::forward`].
     pub fn predict(&self, batch: &BertBatch, trainable: &Trainable<F>) -> Result<Vec<usize>> {
-        let out = self.forward(batch, None, trainable, &Directions::none(trainable.len()), None)?;
+        let out = self.forward(
+            batch,
+            None,
+            trainable,
+            &Directions::none(trainable.len()),
+            None,
+        )?;
         Ok(argmax_rows(out.logits.view()))
     }
 }
@@ -392,7 +502,9 @@ pub fn argmax_rows<F: Float>(x: ArrayView2<'_, F>) -> Vec<usize> {
         .map(|r| {
             r.iter()
                 .enumerate()
-                .fold((0, F::neg_infinity()), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) })
+                .fold((0, F::neg_infinity()), |(bi, bv), (i, &v)| {
+                    if v > bv { (i, v) } else { (bi, bv) }
+                })
                 .0
         })
         .collect()

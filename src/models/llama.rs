@@ -11,14 +11,14 @@
 //! rotate-half RoPE); a GGUF source translates names and un-permutes q/k rows on loading.
 //! LoRA targets match `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`.
 
-use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix2, Ix3, s};
+use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix3, s};
 
 use super::bert::PEFT_PREFIX;
 use super::source::{WeightSource, take1, take2};
 use crate::io::LlamaConfig;
 use crate::kernels::{
-    AttentionShape, CrossEntropy, RopeLayout, RopeTable, add, attention, cross_entropy, embedding, linear, rms_norm, rope,
-    swiglu,
+    AttentionShape, CrossEntropy, RopeLayout, RopeTable, add, attention, cross_entropy, embedding,
+    linear, rms_norm, rope, swiglu,
 };
 use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
 use crate::{Dual, Error, Float, Result};
@@ -56,7 +56,12 @@ pub struct Llama<F: Float> {
     rope: RopeTable<F>,
 }
 
-fn proj<F: Float>(src: &mut dyn WeightSource, path: String, out: usize, inp: usize) -> Result<FrozenLinear<F>> {
+fn proj<F: Float>(
+    src: &mut dyn WeightSource,
+    path: String,
+    out: usize,
+    inp: usize,
+) -> Result<FrozenLinear<F>> {
     Ok(FrozenLinear {
         weight: take2(src, &format!("{path}.weight"), out, inp)?,
         bias: None,
@@ -71,11 +76,21 @@ impl<F: Float> Llama<F> {
     ///
     /// # Errors
     /// Missing or mis-shaped tensors; an invalid LoRA config.
-    pub fn load(config: &LlamaConfig, src: &mut dyn WeightSource, lora: &LoraConfig, seed: u64, trainable: &mut Trainable<F>) -> Result<Self> {
+    pub fn load(
+        config: &LlamaConfig,
+        src: &mut dyn WeightSource,
+        lora: &LoraConfig,
+        seed: u64,
+        trainable: &mut Trainable<F>,
+    ) -> Result<Self> {
         lora.validate()?;
         let h = config.hidden_size;
         let hd = config.head_dim();
-        let (nh, nkv, ffn) = (config.num_attention_heads, config.num_key_value_heads, config.intermediate_size);
+        let (nh, nkv, ffn) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.intermediate_size,
+        );
         let embed = take2(src, "model.embed_tokens.weight", config.vocab_size, h)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
@@ -91,7 +106,15 @@ impl<F: Float> Llama<F> {
                 up: proj(src, format!("{p}.mlp.up_proj"), ffn, h)?,
                 down: proj(src, format!("{p}.mlp.down_proj"), h, ffn)?,
             };
-            for lin in [&mut layer.q, &mut layer.k, &mut layer.v, &mut layer.o, &mut layer.gate, &mut layer.up, &mut layer.down] {
+            for lin in [
+                &mut layer.q,
+                &mut layer.k,
+                &mut layer.v,
+                &mut layer.o,
+                &mut layer.gate,
+                &mut layer.up,
+                &mut layer.down,
+            ] {
                 lin.attach_lora(lora, PEFT_PREFIX, seed, trainable)?;
             }
             layers.push(layer);
@@ -152,13 +175,27 @@ impl<F: Float> Llama<F> {
         let eps = self.config.rms_norm_eps;
         let (nh, nkv) = (shape.n_heads, shape.n_kv_heads);
         let lora = &self.lora;
-        let offset = cache.as_ref().map_or(0, |c| c.k.first().map_or(0, |k| k.shape()[1]));
+        let offset = cache
+            .as_ref()
+            .map_or(0, |c| c.k.first().map_or(0, |k| k.shape()[1]));
         let mut x = embedding(ids, self.embed.view())?;
         for (l, layer) in self.layers.iter().enumerate() {
             // attention: x = x + O·Attn(RoPE(Qh), RoPE(Kh), Vh)
             let hn = rms_norm(&x, layer.attn_norm.view(), eps)?;
-            let q = rope(&layer.q.forward(&hn, trainable, dirs, lora, dropout)?, &self.rope, nh, offset, RopeLayout::RotateHalf)?;
-            let mut k = rope(&layer.k.forward(&hn, trainable, dirs, lora, dropout)?, &self.rope, nkv, offset, RopeLayout::RotateHalf)?;
+            let q = rope(
+                &layer.q.forward(&hn, trainable, dirs, lora, dropout)?,
+                &self.rope,
+                nh,
+                offset,
+                RopeLayout::RotateHalf,
+            )?;
+            let mut k = rope(
+                &layer.k.forward(&hn, trainable, dirs, lora, dropout)?,
+                &self.rope,
+                nkv,
+                offset,
+                RopeLayout::RotateHalf,
+            )?;
             let mut v = layer.v.forward(&hn, trainable, dirs, lora, dropout)?;
             drop(hn);
             if let Some(c) = cache.as_deref_mut() {
@@ -167,8 +204,10 @@ impl<F: Float> Llama<F> {
                     c.k.push(k.primal().clone());
                     c.v.push(v.primal().clone());
                 } else {
-                    c.k[l] = ndarray::concatenate(Axis(1), &[c.k[l].view(), k.primal().view()]).expect("same batch and width");
-                    c.v[l] = ndarray::concatenate(Axis(1), &[c.v[l].view(), v.primal().view()]).expect("same batch and width");
+                    c.k[l] = ndarray::concatenate(Axis(1), &[c.k[l].view(), k.primal().view()])
+                        .expect("same batch and width");
+                    c.v[l] = ndarray::concatenate(Axis(1), &[c.v[l].view(), v.primal().view()])
+                        .expect("same batch and width");
                 }
                 k = Dual::constant(c.k[l].clone());
                 v = Dual::constant(c.v[l].clone());
@@ -183,7 +222,10 @@ impl<F: Float> Llama<F> {
             drop(hn);
             let act = swiglu(&g, &u)?;
             drop((g, u));
-            x = add(&x, &layer.down.forward(&act, trainable, dirs, lora, dropout)?)?;
+            x = add(
+                &x,
+                &layer.down.forward(&act, trainable, dirs, lora, dropout)?,
+            )?;
         }
         rms_norm(&x, self.norm.view(), eps)
     }
@@ -208,7 +250,11 @@ impl<F: Float> Llama<F> {
     ) -> Result<CrossEntropy<F>> {
         const OP: &str = "Llama::loss";
         if labels.dim() != ids.dim() {
-            return Err(Error::shape(OP, format!("labels {:?}", ids.shape()), labels.shape()));
+            return Err(Error::shape(
+                OP,
+                format!("labels {:?}", ids.shape()),
+                labels.shape(),
+            ));
         }
         let (b, t) = ids.dim();
         let hidden = self.hidden(ids, key_mask, trainable, dirs, dropout, None)?;
@@ -227,7 +273,10 @@ impl<F: Float> Llama<F> {
         let k = hidden.k();
         let (hp, ht) = hidden.into_parts();
         let hp = hp.into_shape_with_order((b * t, h)).expect("contiguous");
-        let ht = ht.map(|t3| t3.into_shape_with_order((k.unwrap_or(0), b * t, h)).expect("contiguous"));
+        let ht = ht.map(|t3| {
+            t3.into_shape_with_order((k.unwrap_or(0), b * t, h))
+                .expect("contiguous")
+        });
         let mut loss_sum = F::zero();
         let mut jvp_sum = k.map(Array1::<F>::zeros);
         for start in (0..b * t).step_by(LOSS_CHUNK_ROWS) {
@@ -262,8 +311,19 @@ impl<F: Float> Llama<F> {
     ///
     /// # Errors
     /// Kernel errors.
-    pub fn last_logits(&self, ids: ArrayView2<'_, u32>, trainable: &Trainable<F>) -> Result<Array2<F>> {
-        let hidden = self.hidden(ids, None, trainable, &Directions::none(trainable.len()), None, None)?;
+    pub fn last_logits(
+        &self,
+        ids: ArrayView2<'_, u32>,
+        trainable: &Trainable<F>,
+    ) -> Result<Array2<F>> {
+        let hidden = self.hidden(
+            ids,
+            None,
+            trainable,
+            &Directions::none(trainable.len()),
+            None,
+            None,
+        )?;
         self.logits_of_last(hidden.primal())
     }
 
@@ -278,16 +338,28 @@ impl<F: Float> Llama<F> {
     /// # Errors
     /// [`Error::InvalidArgument`] for an empty prompt or one longer than the context; kernel
     /// errors.
-    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32], trainable: &Trainable<F>) -> Result<Vec<u32>> {
+    pub fn generate_greedy(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        trainable: &Trainable<F>,
+    ) -> Result<Vec<u32>> {
         const OP: &str = "Llama::generate_greedy";
         if prompt.is_empty() {
             return Err(Error::invalid(OP, "empty prompt"));
         }
         if prompt.len() + max_new > self.config.max_position_embeddings {
-            return Err(Error::invalid(OP, "prompt plus new tokens exceed the context length"));
+            return Err(Error::invalid(
+                OP,
+                "prompt plus new tokens exceed the context length",
+            ));
         }
         let none = Directions::none(trainable.len());
-        let mut cache = KvCache { k: Vec::new(), v: Vec::new() };
+        let mut cache = KvCache {
+            k: Vec::new(),
+            v: Vec::new(),
+        };
         let ids = Array2::from_shape_vec((1, prompt.len()), prompt.to_vec()).expect("one row");
         let mut hidden = self.hidden(ids.view(), None, trainable, &none, None, Some(&mut cache))?;
         let mut out = Vec::with_capacity(max_new);

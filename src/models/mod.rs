@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod llama;
+pub mod pretrained;
 pub mod source;
 
 pub use source::WeightSource;

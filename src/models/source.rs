@@ -19,12 +19,16 @@ pub trait WeightSource {
 }
 
 /// Converts an f32 array to `F`, moving it (no copy) when `F` is `f32`.
-pub fn cast_array<F: Float, D: ndarray::Dimension>(a: ndarray::Array<f32, D>) -> ndarray::Array<F, D> {
+pub fn cast_array<F: Float, D: ndarray::Dimension + 'static>(
+    a: ndarray::Array<f32, D>,
+) -> ndarray::Array<F, D> {
     let boxed: Box<dyn Any> = Box::new(a);
     match boxed.downcast::<ndarray::Array<F, D>>() {
         Ok(same) => *same,
         Err(boxed) => {
-            let a = boxed.downcast::<ndarray::Array<f32, D>>().expect("an f32 array");
+            let a = boxed
+                .downcast::<ndarray::Array<f32, D>>()
+                .expect("an f32 array");
             a.mapv(|x| F::from_f64(x as f64))
         }
     }
@@ -34,7 +38,12 @@ pub fn cast_array<F: Float, D: ndarray::Dimension>(a: ndarray::Array<f32, D>) ->
 ///
 /// # Errors
 /// As [`WeightSource::take`].
-pub fn take2<F: Float>(src: &mut dyn WeightSource, name: &str, rows: usize, cols: usize) -> Result<Array2<F>> {
+pub fn take2<F: Float>(
+    src: &mut dyn WeightSource,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Array2<F>> {
     let a = src.take(name, &[rows, cols])?;
     let a = a
         .into_dimensionality::<Ix2>()
@@ -86,7 +95,11 @@ pub struct GgufLlamaSource {
 impl GgufLlamaSource {
     /// Wraps an opened GGUF file; head counts are needed to un-permute q and k.
     pub fn new(file: crate::io::GgufFile, n_heads: usize, n_kv_heads: usize) -> Self {
-        GgufLlamaSource { file, n_heads, n_kv_heads }
+        GgufLlamaSource {
+            file,
+            n_heads,
+            n_kv_heads,
+        }
     }
 
     /// The underlying file.
@@ -150,7 +163,8 @@ impl WeightSource for GgufLlamaSource {
     }
 
     fn has(&self, name: &str) -> bool {
-        self.gguf_name(name).is_some_and(|(g, _)| self.file.tensor_info(&g).is_ok())
+        self.gguf_name(name)
+            .is_some_and(|(g, _)| self.file.tensor_info(&g).is_ok())
     }
 }
 
@@ -166,11 +180,16 @@ pub struct RandomWeights {
 
 impl WeightSource for RandomWeights {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
-        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
         let mut rng = crate::rng::KeyedRng::new(self.seed, crate::rng::Domain::Init, &[h]);
-        let gain = (name.contains("norm") || name.contains("LayerNorm")) && name.ends_with("weight");
+        let gain =
+            (name.contains("norm") || name.contains("LayerNorm")) && name.ends_with("weight");
         let offset = if gain { 1.0 } else { 0.0 };
-        Ok(ArrayD::from_shape_simple_fn(shape, || (offset + self.scale * rng.normal()) as f32))
+        Ok(ArrayD::from_shape_simple_fn(shape, || {
+            (offset + self.scale * rng.normal()) as f32
+        }))
     }
 
     fn has(&self, _name: &str) -> bool {
