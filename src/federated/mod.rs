@@ -11,6 +11,7 @@ pub mod optim;
 pub mod perturb;
 pub mod planner;
 pub mod sim;
+pub mod tasks;
 
 pub use aggregate::{
     AggregationReport, Aggregator, ClientUpdate, RoundExpectation, ServerOptimizer, ServerState,
@@ -28,3 +29,4 @@ pub use planner::{
 pub use sim::{
     Checkpoint, Evaluation, FederatedTask, Method, PlannerKind, RoundMetrics, SimConfig, Simulation,
 };
+pub use tasks::{ClassificationTask, LabelledBatch, LanguageModelTask, LmBatch, lm_sequences};

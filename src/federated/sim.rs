@@ -122,6 +122,9 @@ pub struct SimConfig {
     pub min_clients: usize,
     /// Clients trained concurrently (each on its own thread).
     pub workers: usize,
+    /// Units every sampled client trains in addition to its plan (e.g. a task head whose exact
+    /// gradient is free); empty = the plan alone, as in the paper.
+    pub shared_units: Vec<usize>,
 }
 
 /// One row of the metrics log.
@@ -605,7 +608,8 @@ impl<F: Float> Simulation<F> {
     }
 
     /// Runs until `config.rounds`, checkpointing after every round to `checkpoint` (if given)
-    /// and calling `on_round` with each round's metrics.
+    /// and calling `on_round` with each round's metrics; `on_round` returning `false` stops the
+    /// run after that round (e.g. a wall-time budget).
     ///
     /// # Errors
     /// As [`Simulation::run_round`]; checkpoint I/O errors.
@@ -613,7 +617,7 @@ impl<F: Float> Simulation<F> {
         &mut self,
         task: &T,
         checkpoint: Option<&Path>,
-        mut on_round: impl FnMut(&RoundMetrics),
+        mut on_round: impl FnMut(&RoundMetrics) -> bool,
     ) -> Result<()> {
         let start = Instant::now();
         let offset = self.history.last().map_or(0.0, |m| m.wall_s);
@@ -633,10 +637,13 @@ impl<F: Float> Simulation<F> {
                 Err(e) => return Err(e),
             };
             m.wall_s = offset + start.elapsed().as_secs_f64();
-            on_round(&m);
+            let keep_going = on_round(&m);
             self.history.push(m);
             if let Some(p) = checkpoint {
                 self.save_checkpoint(p)?;
+            }
+            if !keep_going {
+                break;
             }
         }
         Ok(())

@@ -369,10 +369,22 @@ pub struct ClassifierOutput<F: Float> {
     pub features: Array2<F>,
 }
 
+/// How the classifier turns the last hidden state into the head's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Pooling {
+    /// BERT's pooler on the first token, `tanh(W_p·x[:, 0] + b_p)` (Hugging Face's
+    /// `BertForSequenceClassification`).
+    Pooler,
+    /// Mean over real tokens (how sentence-transformers models such as all-MiniLM-L6-v2 were
+    /// trained to be read).
+    Mean,
+}
+
 /// `BertForSequenceClassification` with LoRA: the encoder, its pooler, and a trainable linear
 /// classifier registered as the last unit (PEFT's `modules_to_save = ["classifier"]`).
 pub struct BertClassifier<F: Float> {
     bert: Bert<F>,
+    pooling: Pooling,
     n_labels: usize,
     head_weight: usize,
     head_bias: usize,
@@ -417,12 +429,24 @@ impl<F: Float> BertClassifier<F> {
         Ok((
             BertClassifier {
                 bert,
+                pooling: Pooling::Pooler,
                 n_labels,
                 head_weight: params.start,
                 head_bias: params.start + 1,
             },
             trainable,
         ))
+    }
+
+    /// Uses `pooling` to read the encoder's output.
+    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
+    /// The pooling in use.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
     }
 
     /// The encoder.
@@ -463,7 +487,10 @@ impl<F: Float> BertClassifier<F> {
             ));
         }
         let h = self.bert.encode(batch, trainable, dirs, dropout)?;
-        let pooled = self.bert.pool(&h, trainable, dirs)?;
+        let pooled = match self.pooling {
+            Pooling::Pooler => self.bert.pool(&h, trainable, dirs)?,
+            Pooling::Mean => mean_pool(&h, batch.mask.view())?,
+        };
         drop(h);
         let w = param_dual::<F, Ix2>(trainable, dirs, self.head_weight)?;
         let b = param_dual::<F, Ix1>(trainable, dirs, self.head_bias)?;

@@ -1,0 +1,516 @@
+//! Spry federated finetuning of all-MiniLM-L6-v2 on Rotten Tomatoes (rt_polarity), with the
+//! FedMeZO and FedFgd baselines on the same setup.
+//!
+//! ```text
+//! cargo run --release --example federated -- --out runs/spry
+//! cargo run --release --example federated -- --method fedmezo --out runs/mezo
+//! ```
+//! Writes `metrics.csv`, `accuracy.svg`, `checkpoint.json` (resumable with `--resume`) and
+//! `summary.json` to the output folder.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use spry::data::{PartitionScheme, dirichlet, iid, load_labelled_tsv, natural, train_test_split};
+use spry::federated::{
+    ClassificationTask, ClientConfig, CommMode, FederatedTask, HeadGrad, LocalOptimizer, Method,
+    PlannerKind, RoundMetrics, ServerOptimizer, SimConfig, Simulation,
+};
+use spry::models::bert::Pooling;
+use spry::models::pretrained::load_bert_classifier_dir;
+use spry::modules::LoraConfig;
+use spry::tokenizer::TokenizerOptions;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MethodArg {
+    Spry,
+    Fedmezo,
+    Fedfgd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CommArg {
+    PerEpoch,
+    PerIteration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PlannerArg {
+    Reference,
+    Reshuffle,
+    Depth,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ServerArg {
+    Fedavg,
+    Fedyogi,
+    Fedadam,
+    Fedadagrad,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HeadGradArg {
+    Exact,
+    Forward,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PartitionArg {
+    Dirichlet,
+    Iid,
+    Natural,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PoolingArg {
+    Mean,
+    Pooler,
+}
+
+/// Federated finetuning of MiniLM on rt_polarity with Spry or a baseline.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Training method.
+    #[arg(long, value_enum, default_value = "spry")]
+    method: MethodArg,
+    /// Rounds.
+    #[arg(long, default_value_t = 60)]
+    rounds: u64,
+    /// Stop after this many seconds of training (0 = no limit); the summary says where it stopped.
+    #[arg(long, default_value_t = 0.0)]
+    time_budget_s: f64,
+    /// Total clients.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Clients sampled per round.
+    #[arg(long, default_value_t = 10)]
+    per_round: usize,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1)]
+    local_epochs: usize,
+    /// Minibatch size.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Maximum tokens per text.
+    #[arg(long, default_value_t = 64)]
+    max_len: usize,
+    /// Tangent directions per step (one dual pass).
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Communication mode.
+    #[arg(long, value_enum, default_value = "per-epoch")]
+    comm: CommArg,
+    /// Planner (Spry).
+    #[arg(long, value_enum, default_value = "depth")]
+    planner: PlannerArg,
+    /// Server optimizer.
+    #[arg(long, value_enum, default_value = "fedavg")]
+    server: ServerArg,
+    /// Server learning rate (η); default: the optimizer's usual value (1 for FedAvg, Flower's
+    /// defaults otherwise).
+    #[arg(long)]
+    server_lr: Option<f64>,
+    /// Client AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Gradient of the classification head: exact (free, from the primal pass) or forward.
+    #[arg(long, value_enum, default_value = "exact")]
+    head_grad: HeadGradArg,
+    /// Every client trains the head (cheap with an exact gradient), on top of its plan.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    head_to_all: bool,
+    /// Head input: mean of the token states (how MiniLM was trained) or BERT's pooler.
+    #[arg(long, value_enum, default_value = "mean")]
+    pooling: PoolingArg,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 1)]
+    lora_r: usize,
+    /// LoRA α.
+    #[arg(long, default_value_t = 1.0)]
+    lora_alpha: f64,
+    /// Data partition.
+    #[arg(long, value_enum, default_value = "dirichlet")]
+    partition: PartitionArg,
+    /// Dirichlet α.
+    #[arg(long, default_value_t = 1.0)]
+    alpha: f64,
+    /// Run seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate on the test set every this many rounds.
+    #[arg(long, default_value_t = 5)]
+    eval_every: u64,
+    /// Clients trained concurrently.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Clients evaluated after local finetuning at the end (the reference's "after" metric).
+    #[arg(long, default_value_t = 10)]
+    personalize_clients: usize,
+    /// Output folder.
+    #[arg(long, default_value = "runs/federated")]
+    out: PathBuf,
+    /// Resume from `<out>/checkpoint.json` if present.
+    #[arg(long)]
+    resume: bool,
+    /// Assets folder (default: `$SPRY_ASSETS` or `<crate>/assets`).
+    #[arg(long)]
+    assets: Option<PathBuf>,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    let assets = args.assets.clone().unwrap_or_else(spry::io::assets_dir);
+    let model_dir = assets.join("all-MiniLM-L6-v2");
+    if !model_dir.join("model.safetensors").is_file() {
+        return Err(format!(
+            "{} is missing: run scripts/fetch_assets.sh",
+            model_dir.display()
+        )
+        .into());
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let lora = LoraConfig {
+        modules_to_save: Some(vec!["classifier".into()]),
+        task_type: Some("SEQ_CLS".into()),
+        base_model_name_or_path: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
+        ..LoraConfig::new(args.lora_r, args.lora_alpha, 0.0, &["query", "value"])
+    };
+    let opts = TokenizerOptions::default().with_max_len(args.max_len);
+    let (model, initial, tokenizer) =
+        load_bert_classifier_dir(&model_dir, &lora, 2, args.seed, opts)?;
+    let model = model.with_pooling(match args.pooling {
+        PoolingArg::Mean => Pooling::Mean,
+        PoolingArg::Pooler => Pooling::Pooler,
+    });
+    let train = load_labelled_tsv(
+        &assets.join("text/rt_polarity_train.tsv"),
+        "text",
+        "label",
+        Some("movie"),
+    )?;
+    let test = load_labelled_tsv(
+        &assets.join("text/rt_polarity_test.tsv"),
+        "text",
+        "label",
+        None,
+    )?;
+    let scheme = match args.partition {
+        PartitionArg::Dirichlet => PartitionScheme::Dirichlet { alpha: args.alpha },
+        PartitionArg::Iid => PartitionScheme::Iid,
+        PartitionArg::Natural => PartitionScheme::Natural,
+    };
+    let parts = match &scheme {
+        PartitionScheme::Iid => iid(train.len(), args.clients, args.seed)?,
+        PartitionScheme::Dirichlet { alpha } => dirichlet(
+            &train.iter().map(|e| e.label).collect::<Vec<_>>(),
+            args.clients,
+            *alpha,
+            args.seed,
+        )?,
+        PartitionScheme::Natural => {
+            let groups: Vec<&str> = train
+                .iter()
+                .map(|e| e.group.as_deref().unwrap_or(""))
+                .collect();
+            natural(&groups, args.clients, args.seed)?
+        }
+    };
+    let (client_train, client_test) = train_test_split(&parts, 0.2, args.seed);
+    let task = ClassificationTask {
+        model: &model,
+        tokenizer: &tokenizer,
+        train,
+        test,
+        client_train,
+        client_test,
+        seed: args.seed,
+        eval_batch: 64,
+    };
+    let head_unit = initial.units().len() - 1;
+    let server = match (args.server, args.server_lr) {
+        (ServerArg::Fedavg, lr) => ServerOptimizer::FedAvg {
+            eta: lr.unwrap_or(1.0),
+        },
+        (ServerArg::Fedyogi, lr) => match ServerOptimizer::fedyogi() {
+            ServerOptimizer::FedYogi {
+                beta1,
+                beta2,
+                tau,
+                eta,
+            } => ServerOptimizer::FedYogi {
+                eta: lr.unwrap_or(eta),
+                beta1,
+                beta2,
+                tau,
+            },
+            o => o,
+        },
+        (ServerArg::Fedadam, lr) => match ServerOptimizer::fedadam() {
+            ServerOptimizer::FedAdam {
+                beta1,
+                beta2,
+                tau,
+                eta,
+            } => ServerOptimizer::FedAdam {
+                eta: lr.unwrap_or(eta),
+                beta1,
+                beta2,
+                tau,
+            },
+            o => o,
+        },
+        (ServerArg::Fedadagrad, lr) => match ServerOptimizer::fedadagrad() {
+            ServerOptimizer::FedAdagrad { beta1, tau, eta } => ServerOptimizer::FedAdagrad {
+                eta: lr.unwrap_or(eta),
+                beta1,
+                tau,
+            },
+            o => o,
+        },
+    };
+    let config = SimConfig {
+        method: match args.method {
+            MethodArg::Spry => Method::Spry,
+            MethodArg::Fedmezo => Method::FedMezo,
+            MethodArg::Fedfgd => Method::FedFgd,
+        },
+        clients_per_round: args.per_round,
+        rounds: args.rounds,
+        batch_size: args.batch_size,
+        comm: match args.comm {
+            CommArg::PerEpoch => CommMode::PerEpoch,
+            CommArg::PerIteration => CommMode::PerIteration,
+        },
+        planner: match args.planner {
+            PlannerArg::Reference => PlannerKind::Reference,
+            PlannerArg::Reshuffle => PlannerKind::Reshuffle,
+            PlannerArg::Depth => PlannerKind::Depth,
+        },
+        server,
+        client: ClientConfig {
+            k: args.k,
+            local_epochs: args.local_epochs,
+            optimizer: LocalOptimizer::adamw(args.lr),
+            jvp_clip: None,
+            head_grad: match args.head_grad {
+                HeadGradArg::Exact => HeadGrad::Exact,
+                HeadGradArg::Forward => HeadGrad::Forward,
+            },
+            dropout: false,
+            zo_eps: 1e-3,
+        },
+        keep_client_state: false,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        drop_prob: 0.0,
+        min_clients: 1,
+        workers: args.workers,
+        shared_units: if args.head_to_all {
+            vec![head_unit]
+        } else {
+            Vec::new()
+        },
+    };
+    let ckpt_path = args.out.join("checkpoint.json");
+    let mut sim = if args.resume && ckpt_path.is_file() {
+        let ckpt = Simulation::<f32>::load_checkpoint(&ckpt_path)?;
+        eprintln!("resuming from round {}", ckpt.round);
+        Simulation::resume(&config, initial.clone(), ckpt)?
+    } else {
+        Simulation::new(config.clone(), initial.clone())?
+    };
+    let before = task.evaluate(&sim.global)?;
+    eprintln!(
+        "{} clients, {} train / {} test examples, {} trainable tensors in {} units ({} scalars); test accuracy before training {:.2}%",
+        task.n_clients(),
+        task.train.len(),
+        task.test.len(),
+        initial.len(),
+        initial.units().len(),
+        initial.n_scalars(),
+        100.0 * before.accuracy.unwrap_or(0.0)
+    );
+    let bar = ProgressBar::new(config.rounds);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} rounds {elapsed} {msg}",
+    )?);
+    bar.set_position(sim.round);
+    let budget = args.time_budget_s;
+    let mut csv = String::from(
+        "round,wall_s,train_loss,test_loss,test_accuracy,bytes_up,bytes_down,skipped_steps,rejected\n",
+    );
+    for m in &sim.history {
+        csv.push_str(&csv_row(m));
+    }
+    let metrics_path = args.out.join("metrics.csv");
+    sim.run(&task, Some(&ckpt_path), |m| {
+        csv.push_str(&csv_row(m));
+        let _ = std::fs::write(&metrics_path, &csv);
+        let acc = m
+            .test
+            .and_then(|t| t.accuracy)
+            .map_or(String::new(), |a| format!("acc {:.2}%", 100.0 * a));
+        bar.set_message(format!("loss {:.4} {acc}", m.train_loss));
+        bar.inc(1);
+        budget <= 0.0 || m.wall_s < budget
+    })?;
+    bar.finish();
+    // make sure the last state is evaluated
+    let last = sim.history.last().cloned().unwrap_or_default();
+    let final_eval = match last.test {
+        Some(t) => t,
+        None => {
+            let t = task.evaluate(&sim.global)?;
+            if let Some(m) = sim.history.last_mut() {
+                m.test = Some(t);
+            }
+            t
+        }
+    };
+    // the reference's "after local finetuning" metric on a few clients
+    let (before_p, after_p) = personalization(&task, &sim, args.personalize_clients)?;
+    plot(
+        &args.out.join("accuracy.svg"),
+        &sim.history,
+        &format!("{:?}", args.method),
+    )?;
+    let best = sim
+        .history
+        .iter()
+        .filter_map(|m| m.test.and_then(|t| t.accuracy))
+        .fold(final_eval.accuracy.unwrap_or(0.0), f64::max);
+    let (up, down): (u64, u64) = sim
+        .history
+        .iter()
+        .fold((0, 0), |(u, d), m| (u + m.bytes.up, d + m.bytes.down));
+    let rounds_done = sim.round.max(1);
+    let summary = serde_json::json!({
+        "method": format!("{:?}", args.method).to_lowercase(),
+        "rounds": sim.round,
+        "final_test_accuracy": final_eval.accuracy,
+        "final_test_loss": final_eval.loss,
+        "best_test_accuracy": best,
+        "test_accuracy_before": before.accuracy,
+        "personalized_accuracy_before": before_p,
+        "personalized_accuracy_after": after_p,
+        "wall_s": last.wall_s,
+        "total_s": start.elapsed().as_secs_f64(),
+        "peak_rss_mib": spry::metrics::peak_rss_mib(),
+        "bytes_up": up,
+        "bytes_down": down,
+        "bytes_up_per_round": up / rounds_done,
+        "bytes_down_per_round": down / rounds_done,
+        "skipped_steps": sim.history.iter().map(|m| m.skipped_steps).sum::<usize>(),
+        "config": sim.config,
+        "args": format!("{args:?}"),
+    });
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+fn csv_row(m: &RoundMetrics) -> String {
+    let (tl, ta) = m.test.map_or((String::new(), String::new()), |t| {
+        (
+            format!("{:.6}", t.loss),
+            t.accuracy.map_or(String::new(), |a| format!("{a:.6}")),
+        )
+    });
+    format!(
+        "{},{:.3},{:.6},{tl},{ta},{},{},{},{}\n",
+        m.round, m.wall_s, m.train_loss, m.bytes.up, m.bytes.down, m.skipped_steps, m.rejected
+    )
+}
+
+/// Mean accuracy on the local test splits of `n` clients before and after 5 local epochs of
+/// forward-gradient finetuning on each client's slot of the round-0 plan (the reference's
+/// "Test Generalized Accuracy" is the "after" value).
+fn personalization(
+    task: &ClassificationTask<'_>,
+    sim: &Simulation<f32>,
+    n: usize,
+) -> spry::Result<(Option<f64>, Option<f64>)> {
+    if n == 0 {
+        return Ok((None, None));
+    }
+    let (clients, _) = sim.sample_clients(u64::MAX, task.n_clients());
+    let mut cfg = sim.config.client.clone();
+    cfg.local_epochs = 5;
+    let all: Vec<usize> = (0..sim.global.len()).collect();
+    let (mut b, mut a, mut m) = (0.0, 0.0, 0usize);
+    for &c in clients.iter().take(n) {
+        if task.client_test[c as usize].is_empty() {
+            continue;
+        }
+        let before = task.evaluate_client(c as usize, &sim.global)?;
+        let mut local = sim.global.clone();
+        let mut state = spry::federated::OptimizerState::new(local.len());
+        let batches = task.train_batches(c as usize, u64::MAX, sim.config.batch_size)?;
+        let key = spry::federated::StepKey {
+            seed: sim.config.seed,
+            round: u64::MAX,
+            client: c,
+            step: 0,
+        };
+        spry::federated::train_local(task, &mut local, &all, &batches, &cfg, &mut state, key)?;
+        let after = task.evaluate_client(c as usize, &local)?;
+        b += before.accuracy.unwrap_or(0.0);
+        a += after.accuracy.unwrap_or(0.0);
+        m += 1;
+    }
+    Ok(if m == 0 {
+        (None, None)
+    } else {
+        (Some(b / m as f64), Some(a / m as f64))
+    })
+}
+
+fn plot(
+    path: &std::path::Path,
+    history: &[RoundMetrics],
+    label: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let pts: Vec<(f64, f64)> = history
+        .iter()
+        .filter_map(|m| {
+            m.test
+                .and_then(|t| t.accuracy)
+                .map(|a| (m.round as f64, 100.0 * a))
+        })
+        .collect();
+    let max_round = history.last().map_or(1.0, |m| m.round as f64).max(1.0);
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (lo, hi) = pts.iter().fold((50.0f64, 60.0f64), |(l, h), &(_, a)| {
+        (l.min(a - 2.0), h.max(a + 2.0))
+    });
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("test accuracy ({label})"), ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0.0..max_round, lo..hi)?;
+    chart
+        .configure_mesh()
+        .x_desc("round")
+        .y_desc("accuracy (%)")
+        .draw()?;
+    chart.draw_series(LineSeries::new(pts.iter().copied(), &BLUE))?;
+    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))?;
+    root.present()?;
+    Ok(())
+}
