@@ -155,8 +155,8 @@ pub struct Checkpoint {
     pub config: SimConfig,
     /// Rounds completed.
     pub round: u64,
-    /// Global trainable tensors, flat, in registry order.
-    pub params: Vec<Vec<f32>>,
+    /// Global trainable tensors, flat, in registry order (f64 holds f32 and f64 values exactly).
+    pub params: Vec<Vec<f64>>,
     /// Server optimizer state.
     pub server: ServerState,
     /// Per-client optimizer states (when kept across rounds).
@@ -251,7 +251,7 @@ impl<F: Float> Simulation<F> {
             let shape = initial.value(i).shape().to_vec();
             let v = ArrayD::from_shape_vec(
                 shape.clone(),
-                flat.iter().map(|&x| F::from_f64(x as f64)).collect(),
+                flat.iter().map(|&x| F::from_f64(x)).collect(),
             )
             .map_err(|_| Error::shape(OP, format!("{shape:?}"), &[flat.len()]))?;
             initial.set_value(i, v)?;
@@ -276,7 +276,7 @@ impl<F: Float> Simulation<F> {
                 .global
                 .values()
                 .iter()
-                .map(|v| v.iter().map(|x| x.as_f64() as f32).collect())
+                .map(|v| v.iter().map(|x| x.as_f64()).collect())
                 .collect(),
             server: self.server.clone(),
             client_states: self.client_states.clone(),
