@@ -12,8 +12,8 @@ use std::time::Instant;
 use clap::Parser;
 use spry::data::iid;
 use spry::federated::{
-    ClientConfig, CommMode, HeadGrad, LanguageModelTask, LocalOptimizer, Method, PlannerKind, ServerOptimizer, SimConfig,
-    Simulation, lm_sequences,
+    ClientConfig, CommMode, HeadGrad, LanguageModelTask, LocalOptimizer, Method, PlannerKind,
+    ServerOptimizer, SimConfig, Simulation, lm_sequences,
 };
 use spry::models::pretrained::load_llama_gguf;
 use spry::modules::LoraConfig;
@@ -86,7 +86,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let lora = LoraConfig {
         task_type: Some("CAUSAL_LM".into()),
         base_model_name_or_path: Some("HuggingFaceTB/SmolLM2-135M-Instruct".into()),
-        ..LoraConfig::new(args.lora_r, 2.0 * args.lora_r as f64, 0.0, &["q_proj", "v_proj"])
+        ..LoraConfig::new(
+            args.lora_r,
+            2.0 * args.lora_r as f64,
+            0.0,
+            &["q_proj", "v_proj"],
+        )
     };
     let (model, initial, tokenizer) = load_llama_gguf(&gguf, &lora, args.seed)?;
     let text = std::fs::read_to_string(assets.join("text/hamlet.txt"))?;
@@ -143,11 +148,21 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut sim = Simulation::new(config, initial)?;
     sim.run(&task, Some(&args.out.join("checkpoint.json")), |m| {
-        eprintln!("round {} train loss {:.4} ({:.0} s)", m.round, m.train_loss, m.wall_s);
+        eprintln!(
+            "round {} train loss {:.4} ({:.0} s)",
+            m.round, m.train_loss, m.wall_s
+        );
         true
     })?;
-    let after = sim.history.last().and_then(|m| m.test).map_or_else(|| task.nll(&task.test, &sim.global, 4), Ok)?;
-    let (up, down) = sim.history.iter().fold((0u64, 0u64), |(u, d), m| (u + m.bytes.up, d + m.bytes.down));
+    let after = sim
+        .history
+        .last()
+        .and_then(|m| m.test)
+        .map_or_else(|| task.nll(&task.test, &sim.global, 4), Ok)?;
+    let (up, down) = sim
+        .history
+        .iter()
+        .fold((0u64, 0u64), |(u, d), m| (u + m.bytes.up, d + m.bytes.down));
     let summary = serde_json::json!({
         "method": "spry",
         "rounds": sim.round,
@@ -162,7 +177,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "skipped_steps": sim.history.iter().map(|m| m.skipped_steps).sum::<usize>(),
         "config": sim.config,
     });
-    std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
