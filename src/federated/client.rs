@@ -96,6 +96,29 @@ pub struct LocalReport {
     pub n_examples: u64,
 }
 
+impl LocalReport {
+    /// The report of a local run over `batches` that took `steps` steps (summing `loss_sum`) and
+    /// skipped `skipped`; the example count is one epoch of `batches`.
+    pub fn new<F: Float, O: Objective<F>>(
+        objective: &O,
+        batches: &[O::Batch],
+        steps: usize,
+        skipped: usize,
+        loss_sum: f64,
+    ) -> Self {
+        LocalReport {
+            steps,
+            skipped,
+            mean_loss: if steps > 0 {
+                loss_sum / steps as f64
+            } else {
+                f64::NAN
+            },
+            n_examples: batches.iter().map(|b| objective.batch_len(b) as u64).sum(),
+        }
+    }
+}
+
 /// Trains `params` in place on `batches` for `cfg.local_epochs`, perturbing only `assigned`.
 ///
 /// `state` carries the optimizer moments (reset by the caller between rounds, or kept).
@@ -181,15 +204,7 @@ pub fn train_local<F: Float, O: Objective<F>>(
             loss_sum += out.loss.as_f64();
         }
     }
-    let n_examples = batches.iter().map(|b| objective.batch_len(b) as u64).sum();
-    Ok(LocalReport {
-        steps,
-        skipped,
-        mean_loss: if steps > 0 {
-            loss_sum / steps as f64
-        } else {
-            f64::NAN
-        },
-        n_examples,
-    })
+    Ok(LocalReport::new(
+        objective, batches, steps, skipped, loss_sum,
+    ))
 }

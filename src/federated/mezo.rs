@@ -76,15 +76,7 @@ pub fn train_local_mezo<F: Float, O: Objective<F>>(
             loss_sum += 0.5 * (plus.as_f64() + minus.as_f64());
         }
     }
-    let n_examples = batches.iter().map(|b| objective.batch_len(b) as u64).sum();
-    Ok(LocalReport {
-        steps,
-        skipped,
-        mean_loss: if steps > 0 {
-            loss_sum / steps as f64
-        } else {
-            f64::NAN
-        },
-        n_examples,
-    })
+    Ok(LocalReport::new(
+        objective, batches, steps, skipped, loss_sum,
+    ))
 }
