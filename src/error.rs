@@ -80,6 +80,18 @@ pub enum Error {
         /// The shape in the file.
         got: Vec<usize>,
     },
+    /// A checkpoint holds a tensor the model has no parameter for (for instance an adapter
+    /// trained for another model or another LoRA configuration).
+    #[error(
+        "{path}: unexpected tensor `{name}`: the model has no such parameter (an adapter for \
+         another model or LoRA configuration?)"
+    )]
+    UnexpectedTensor {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor name, as the file spells it.
+        name: String,
+    },
     /// A tensor is stored in a data type spry cannot read.
     #[error("{path}: tensor `{name}` has unsupported dtype {dtype}")]
     UnsupportedDtype {

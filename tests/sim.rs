@@ -4,8 +4,8 @@
 mod tiny_model;
 
 use spry::federated::{
-    ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad, LocalOptimizer, LossJvp, Method, Objective, PlannerKind,
-    ServerOptimizer, SimConfig, Simulation,
+    ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad, LocalOptimizer, LossJvp, Method,
+    Objective, PlannerKind, ServerOptimizer, SimConfig, Simulation,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use spry::{Error, Result};
@@ -30,7 +30,14 @@ impl TinyTask {
 
 impl Objective<f64> for TinyTask {
     type Batch = Batch;
-    fn loss_jvp(&self, b: &Batch, p: &Trainable<f64>, d: &Directions<f64>, drop: Option<&DropoutKey>, ex: &[usize]) -> Result<LossJvp<f64>> {
+    fn loss_jvp(
+        &self,
+        b: &Batch,
+        p: &Trainable<f64>,
+        d: &Directions<f64>,
+        drop: Option<&DropoutKey>,
+        ex: &[usize],
+    ) -> Result<LossJvp<f64>> {
         self.net.loss_jvp(b, p, d, drop, ex)
     }
     fn exact_params(&self) -> Vec<usize> {
@@ -50,8 +57,17 @@ impl FederatedTask<f64> for TinyTask {
     }
     fn evaluate(&self, params: &Trainable<f64>) -> Result<Evaluation> {
         let none = Directions::none(params.len());
-        let loss = self.test.iter().map(|b| self.net.loss_jvp(b, params, &none, None, &[]).unwrap().loss).sum::<f64>() / self.test.len() as f64;
-        Ok(Evaluation { loss, accuracy: None, n: 60 })
+        let loss = self
+            .test
+            .iter()
+            .map(|b| self.net.loss_jvp(b, params, &none, None, &[]).unwrap().loss)
+            .sum::<f64>()
+            / self.test.len() as f64;
+        Ok(Evaluation {
+            loss,
+            accuracy: None,
+            n: 60,
+        })
     }
     fn evaluate_client(&self, _client: usize, params: &Trainable<f64>) -> Result<Evaluation> {
         self.evaluate(params)
@@ -108,7 +124,10 @@ fn every_method_lowers_the_test_loss() {
     ] {
         let sim = run(config(method, comm));
         let after = test_loss(&sim);
-        assert!(after < 0.8 * before, "{method:?}/{comm:?}: {before} -> {after}");
+        assert!(
+            after < 0.8 * before,
+            "{method:?}/{comm:?}: {before} -> {after}"
+        );
         assert_eq!(sim.history.len(), 6);
         assert!(sim.history[2].test.is_some() && sim.history[1].test.is_none());
     }
@@ -133,16 +152,34 @@ fn resume_from_checkpoint_equals_an_uninterrupted_run() {
     for (a, b) in full.global.values().iter().zip(resumed.global.values()) {
         assert_eq!(a, b, "resumed parameters differ from the uninterrupted run");
     }
-    let strip = |s: &Simulation<f64>| s.history.iter().map(|m| (m.round, m.train_loss.to_bits(), m.test.map(|t| t.loss.to_bits()), m.bytes)).collect::<Vec<_>>();
+    let strip = |s: &Simulation<f64>| {
+        s.history
+            .iter()
+            .map(|m| {
+                (
+                    m.round,
+                    m.train_loss.to_bits(),
+                    m.test.map(|t| t.loss.to_bits()),
+                    m.bytes,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
     assert_eq!(strip(&full), strip(&resumed));
     // a checkpoint from another configuration is refused
     let mut other = cfg.clone();
     other.seed = 12;
     let loaded = Simulation::<f64>::load_checkpoint(&ckpt).unwrap();
-    assert!(matches!(Simulation::resume(&other, init_params(5), loaded), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        Simulation::resume(&other, init_params(5), loaded),
+        Err(Error::InvalidArgument { .. })
+    ));
     // a corrupt checkpoint is a typed error
     std::fs::write(&ckpt, b"{not json").unwrap();
-    assert!(matches!(Simulation::<f64>::load_checkpoint(&ckpt), Err(Error::Format { .. })));
+    assert!(matches!(
+        Simulation::<f64>::load_checkpoint(&ckpt),
+        Err(Error::Format { .. })
+    ));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -188,8 +225,16 @@ fn dropped_clients_and_failed_rounds_leave_the_state_unchanged() {
 #[test]
 fn the_same_seed_reproduces_the_run_and_another_seed_does_not() {
     let cfg = config(Method::Spry, CommMode::PerEpoch);
-    assert_eq!(run(cfg.clone()).global.values(), run(cfg.clone()).global.values());
+    assert_eq!(
+        run(cfg.clone()).global.values(),
+        run(cfg.clone()).global.values()
+    );
     let mut other = cfg;
     other.seed = 12;
-    assert_ne!(run(other).global.values(), run(config(Method::Spry, CommMode::PerEpoch)).global.values());
+    assert_ne!(
+        run(other).global.values(),
+        run(config(Method::Spry, CommMode::PerEpoch))
+            .global
+            .values()
+    );
 }

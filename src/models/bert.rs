@@ -213,6 +213,55 @@ impl<F: Float> Bert<F> {
         &self.path_prefix
     }
 
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut FrozenLinear<F>> {
+        self.blocks.iter_mut().flat_map(|b| {
+            [
+                &mut b.query,
+                &mut b.key,
+                &mut b.value,
+                &mut b.attn_out,
+                &mut b.intermediate,
+                &mut b.output,
+            ]
+        })
+    }
+
+    /// Whether any layer still carries a LoRA adapter (false after
+    /// [`merge_adapters`](Self::merge_adapters)).
+    pub fn has_adapters(&self) -> bool {
+        self.blocks.iter().any(|b| {
+            [
+                &b.query,
+                &b.key,
+                &b.value,
+                &b.attn_out,
+                &b.intermediate,
+                &b.output,
+            ]
+            .iter()
+            .any(|l| l.adapter.is_some())
+        })
+    }
+
+    /// Folds every LoRA adapter into its frozen weight (`W ← W + (α/r)·B·A`, see
+    /// [`FrozenLinear::merged_weight`]) and drops the adapters: the model then computes what it
+    /// computed with `trainable`'s adapter values, at the cost of the base model, and no longer
+    /// reads the registry's LoRA tensors (the registry itself is not changed).
+    ///
+    /// # Errors
+    /// As [`FrozenLinear::check_adapter`] if `trainable` is not this model's registry; the model
+    /// is unchanged then.
+    pub fn merge_adapters(&mut self, trainable: &Trainable<F>) -> Result<()> {
+        let lora = self.lora.clone();
+        for lin in self.linears_mut() {
+            lin.check_adapter(trainable, &lora)?;
+        }
+        for lin in self.linears_mut() {
+            lin.merge_adapter(trainable, &lora)?;
+        }
+        Ok(())
+    }
+
     /// Embedding layer: `LN(E_word[ids] + E_pos[t] + E_type[type_ids])` (no tangent: frozen).
     fn embed(&self, batch: &BertBatch) -> Result<Dual<F, Ix3>> {
         const OP: &str = "Bert::embed";
@@ -452,6 +501,15 @@ impl<F: Float> BertClassifier<F> {
     /// The encoder.
     pub fn bert(&self) -> &Bert<F> {
         &self.bert
+    }
+
+    /// Folds the encoder's LoRA adapters into its weights ([`Bert::merge_adapters`]); the
+    /// classifier stays in the registry.
+    ///
+    /// # Errors
+    /// As [`Bert::merge_adapters`].
+    pub fn merge_adapters(&mut self, trainable: &Trainable<F>) -> Result<()> {
+        self.bert.merge_adapters(trainable)
     }
 
     /// Number of classes.

@@ -147,6 +147,49 @@ impl<F: Float> Llama<F> {
         &self.lora
     }
 
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut FrozenLinear<F>> {
+        self.layers.iter_mut().flat_map(|l| {
+            [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ]
+        })
+    }
+
+    /// Whether any projection still carries a LoRA adapter (false after
+    /// [`merge_adapters`](Self::merge_adapters)).
+    pub fn has_adapters(&self) -> bool {
+        self.layers.iter().any(|l| {
+            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                .iter()
+                .any(|p| p.adapter.is_some())
+        })
+    }
+
+    /// Folds every LoRA adapter into its frozen weight (`W ← W + (α/r)·B·A`, see
+    /// [`FrozenLinear::merged_weight`]) and drops the adapters: the model then computes what it
+    /// computed with `trainable`'s adapter values, at the cost of the base model, and no longer
+    /// reads the registry's LoRA tensors (the registry itself is not changed).
+    ///
+    /// # Errors
+    /// As [`FrozenLinear::check_adapter`] if `trainable` is not this model's registry; the model
+    /// is unchanged then.
+    pub fn merge_adapters(&mut self, trainable: &Trainable<F>) -> Result<()> {
+        let lora = self.lora.clone();
+        for lin in self.linears_mut() {
+            lin.check_adapter(trainable, &lora)?;
+        }
+        for lin in self.linears_mut() {
+            lin.merge_adapter(trainable, &lora)?;
+        }
+        Ok(())
+    }
+
     fn head(&self) -> ArrayView2<'_, F> {
         self.lm_head.as_ref().unwrap_or(&self.embed).view()
     }

@@ -1,16 +1,75 @@
 //! One-call loaders for the checkpoints people have: a Hugging Face BERT folder
 //! (`config.json`, `model.safetensors`, `tokenizer.json`) and a llama.cpp GGUF file (weights,
-//! config and tokenizer all from the one file).
+//! config and tokenizer all from the one file), optionally with a PEFT adapter; and the few
+//! steps the examples are made of (sentence cosines, SmolLM2 chat completion), so that tests can
+//! check exactly what the examples print.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::bert::{Bert, BertClassifier};
+use ndarray::Array2;
+
+use super::bert::{Bert, BertBatch, BertClassifier};
 use super::llama::Llama;
 use super::source::GgufLlamaSource;
-use crate::io::{BertConfig, GgufFile, LlamaConfig, load_safetensors};
-use crate::modules::{LoraConfig, Trainable};
+use crate::io::{ASSETS_ENV, BertConfig, GgufFile, LlamaConfig, assets_dir, load_safetensors};
+use crate::modules::{LoraConfig, Trainable, load_peft_adapter_for, read_peft_config};
 use crate::tokenizer::{TextTokenizer, TokenizerOptions, bpe_from_gguf_vocab};
 use crate::{Error, Result};
+
+/// Folder of all-MiniLM-L6-v2 inside the assets folder.
+pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";
+/// The SmolLM2-135M-Instruct GGUF file inside the assets folder.
+pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The files a BERT folder must hold for [`load_bert_dir`].
+pub const BERT_DIR_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+/// Truncation length of all-MiniLM-L6-v2 (sentence-transformers' `max_seq_length`).
+pub const MINILM_MAX_LEN: usize = 256;
+/// SmolLM2's end-of-turn token, where a chat completion stops.
+pub const IM_END: &str = "<|im_end|>";
+
+/// `assets_dir()/all-MiniLM-L6-v2`.
+pub fn minilm_dir() -> PathBuf {
+    assets_dir().join(MINILM_DIR)
+}
+
+/// `assets_dir()/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf`.
+pub fn smollm2_gguf() -> PathBuf {
+    assets_dir().join(SMOLLM2_GGUF)
+}
+
+/// Checks that `dir` holds every file of `files`.
+///
+/// # Errors
+/// [`Error::Io`] (kind `NotFound`) naming the first missing file and telling to run
+/// `scripts/fetch_assets.sh` (or to set `SPRY_ASSETS`).
+pub fn require_files(dir: &Path, files: &[&str]) -> Result<()> {
+    files.iter().try_for_each(|f| require_file(&dir.join(f)))
+}
+
+/// Checks that the file `path` exists.
+///
+/// # Errors
+/// As [`require_files`].
+pub fn require_file(path: &Path) -> Result<()> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(missing_file(path.to_path_buf()))
+    }
+}
+
+fn missing_file(path: PathBuf) -> Error {
+    Error::Io {
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "not found: run `scripts/fetch_assets.sh` to download the model files \
+                 (or set {ASSETS_ENV} to the folder that holds them)"
+            ),
+        ),
+        path,
+    }
+}
 
 /// A LoRA configuration with no target: the plain pretrained model.
 pub fn no_lora() -> LoraConfig {
@@ -109,4 +168,119 @@ pub fn load_llama_gguf(
     let mut trainable = Trainable::new();
     let model = Llama::load(&config, &mut source, lora, seed, &mut trainable)?;
     Ok((model, trainable, tokenizer))
+}
+
+/// Loads a Llama GGUF with the PEFT adapter in `adapter_dir`: the LoRA slots follow the adapter's
+/// `adapter_config.json` (e.g. `q_proj`/`v_proj`, its `r` and `lora_alpha`), their values come
+/// from its `adapter_model.safetensors`.
+///
+/// # Errors
+/// As [`load_llama_gguf`] and [`load_peft_adapter_for`].
+pub fn load_llama_gguf_with_adapter(
+    path: &Path,
+    adapter_dir: &Path,
+) -> Result<(Llama<f32>, Trainable<f32>, TextTokenizer)> {
+    let lora = read_peft_config(adapter_dir)?;
+    let (model, mut trainable, tok) = load_llama_gguf(path, &lora, 0)?;
+    load_peft_adapter_for(adapter_dir, model.lora(), &mut trainable)?;
+    Ok((model, trainable, tok))
+}
+
+/// Loads a sentence-embedding BERT folder (all-MiniLM-L6-v2 layout) with no adapter and
+/// truncation at [`MINILM_MAX_LEN`] tokens, after checking that its files are there.
+///
+/// # Errors
+/// As [`require_files`] (with the hint to fetch the assets) and [`load_bert_dir`].
+pub fn load_sentence_encoder(dir: &Path) -> Result<(Bert<f32>, Trainable<f32>, TextTokenizer)> {
+    require_files(dir, &BERT_DIR_FILES)?;
+    load_bert_dir(
+        dir,
+        &no_lora(),
+        0,
+        TokenizerOptions::default().with_max_len(MINILM_MAX_LEN),
+    )
+}
+
+/// Sentence embeddings of `texts` as one padded batch: the mean of the last hidden state over
+/// real tokens, L2-normalised (all-MiniLM-L6-v2's recipe).
+///
+/// # Shapes
+/// - output `[texts.len(), H]`
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if `texts` is empty; tokenizer and model errors.
+pub fn embed_sentences<S: AsRef<str>>(
+    bert: &Bert<f32>,
+    trainable: &Trainable<f32>,
+    tok: &TextTokenizer,
+    texts: &[S],
+) -> Result<Array2<f32>> {
+    if texts.is_empty() {
+        return Err(Error::invalid("embed_sentences", "no text to embed"));
+    }
+    let batch = tok.encode_batch(texts, true)?;
+    let mut b = BertBatch::new(batch.ids, batch.mask)?;
+    b.type_ids = batch.type_ids;
+    bert.sentence_embeddings(&b, trainable)
+}
+
+/// Cosine similarity of every pair of `texts`: the Gram matrix of their normalised
+/// [`embed_sentences`] embeddings.
+///
+/// # Shapes
+/// - output `[N, N]`, N = `texts.len()`, symmetric with (up to rounding) ones on the diagonal
+///
+/// # Errors
+/// As [`embed_sentences`].
+pub fn cosine_matrix<S: AsRef<str>>(
+    bert: &Bert<f32>,
+    trainable: &Trainable<f32>,
+    tok: &TextTokenizer,
+    texts: &[S],
+) -> Result<Array2<f32>> {
+    let e = embed_sentences(bert, trainable, tok, texts)?;
+    Ok(e.dot(&e.t()))
+}
+
+/// SmolLM2's chat template for one user turn, ready for the assistant's answer:
+/// `<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n`.
+pub fn chat_prompt(text: &str) -> String {
+    format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+/// A greedy chat completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Number of tokens of the templated prompt.
+    pub prompt_tokens: usize,
+    /// The generated ids, the final `<|im_end|>` included when generation stopped on it.
+    pub ids: Vec<u32>,
+    /// The generated text, special tokens dropped.
+    pub text: String,
+}
+
+/// Answers `text` as SmolLM2's assistant: wraps it in [`chat_prompt`], generates greedily with
+/// [`Llama::generate_greedy`] until `<|im_end|>` or `max_new` tokens, and decodes.
+///
+/// # Errors
+/// [`Error::Tokenizer`] if the tokenizer has no `<|im_end|>` token; tokenizer and generation
+/// errors (a prompt plus `max_new` longer than the context).
+pub fn chat_complete(
+    model: &Llama<f32>,
+    trainable: &Trainable<f32>,
+    tok: &TextTokenizer,
+    text: &str,
+    max_new: usize,
+) -> Result<Completion> {
+    let stop = tok.token_to_id(IM_END).ok_or_else(|| Error::Tokenizer {
+        msg: format!("the vocabulary has no {IM_END} token: not a ChatML model"),
+    })?;
+    let prompt = tok.encode(&chat_prompt(text), true)?.ids;
+    let ids = model.generate_greedy(&prompt, max_new, &[stop], trainable)?;
+    let text = tok.decode(&ids, true)?;
+    Ok(Completion {
+        prompt_tokens: prompt.len(),
+        ids,
+        text,
+    })
 }

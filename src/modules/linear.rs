@@ -6,7 +6,7 @@ use super::lora::LoraConfig;
 use super::trainable::{Directions, Trainable, param_dual};
 use crate::kernels::{linear, lora_linear};
 use crate::rng::{Domain, KeyedRng};
-use crate::{Dual, Float, Result};
+use crate::{Dual, Error, Float, Result};
 
 /// Where a LoRA adapter's tensors live in the [`Trainable`] registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +126,54 @@ impl<F: Float> FrozenLinear<F> {
             F::from_f64(lora.scale()),
             mask.as_ref().map(|m| m.view()),
         )
+    }
+
+    /// Checks that the adapter's tensors in `trainable` are matrices `A: [r, in]`, `B: [out, r]`
+    /// with `r = lora.r` (what [`FrozenLinear::merged_weight`] assumes).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if a slot index is outside the registry;
+    /// [`Error::ShapeMismatch`] if a factor has the wrong shape.
+    pub fn check_adapter(&self, trainable: &Trainable<F>, lora: &LoraConfig) -> Result<()> {
+        const OP: &str = "FrozenLinear::check_adapter";
+        let Some(slot) = self.adapter else {
+            return Ok(());
+        };
+        let r = lora.r;
+        for (i, want) in [
+            (slot.a, [r, self.in_features()]),
+            (slot.b, [self.out_features(), r]),
+        ] {
+            let v = trainable.values().get(i).ok_or_else(|| {
+                Error::invalid(
+                    OP,
+                    format!(
+                        "`{}`: adapter parameter {i} is not in a registry of {}",
+                        self.path,
+                        trainable.len()
+                    ),
+                )
+            })?;
+            if v.shape() != want {
+                return Err(Error::shape(OP, format!("{want:?}"), v.shape()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds the adapter into the frozen weight, `W ← W + s·B·A`, and detaches it: the layer
+    /// then computes the adapted function without reading `trainable` (dropout aside, which
+    /// inference does not use). A layer without an adapter is unchanged.
+    ///
+    /// # Errors
+    /// As [`FrozenLinear::check_adapter`]; the layer is unchanged then.
+    pub fn merge_adapter(&mut self, trainable: &Trainable<F>, lora: &LoraConfig) -> Result<()> {
+        self.check_adapter(trainable, lora)?;
+        if self.adapter.is_some() {
+            self.weight = self.merged_weight(trainable, lora);
+            self.adapter = None;
+        }
+        Ok(())
     }
 
     /// The weight with the adapter merged in: `W + s·B·A` (for inference without the adapter).

@@ -1,10 +1,12 @@
-//! Trainable modules on top of the kernels: LoRA adapters and the ordered registry of trainable
-//! parameters that the Spry planner splits among clients.
+//! Trainable modules on top of the kernels: LoRA adapters, the ordered registry of trainable
+//! parameters that the Spry planner splits among clients, and PEFT adapter files.
 
 pub mod linear;
 pub mod lora;
+pub mod peft;
 pub mod trainable;
 
 pub use linear::{AdapterSlot, DropoutKey, FrozenLinear};
 pub use lora::LoraConfig;
+pub use peft::{load_peft_adapter, load_peft_adapter_for, read_peft_config, save_peft_adapter};
 pub use trainable::{Directions, Trainable, Unit};
