@@ -1,6 +1,7 @@
-//! BERT encoder (post-LayerNorm, exact GELU, padding mask) with a sequence-classification head
-//! (pooler + classifier, as Hugging Face's `BertForSequenceClassification`) and mean-pooled
-//! sentence embeddings (as sentence-transformers' all-MiniLM-L6-v2).
+//! BERT encoder (post-LayerNorm, exact or tanh GELU as `hidden_act` says, padding mask) with a
+//! sequence-classification head (pooler + classifier, as Hugging Face's
+//! `BertForSequenceClassification`) and mean-pooled sentence embeddings (as
+//! sentence-transformers' all-MiniLM-L6-v2).
 //!
 //! ```text
 //! x = LN(E_word[ids] + E_pos[t] + E_type[type_ids])
@@ -13,7 +14,7 @@
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix1, Ix2, Ix3};
 
 use super::source::{WeightSource, take1, take2};
-use crate::io::BertConfig;
+use crate::io::{Activation, BertConfig};
 use crate::kernels::{
     AttentionShape, CrossEntropy, GeluKind, add, attention, cross_entropy, first_token_pool, gelu,
     layer_norm, linear_dual, mean_pool, tanh,
@@ -81,6 +82,8 @@ pub struct Bert<F: Float> {
     token_type: Array2<F>,
     emb_ln: (Array1<F>, Array1<F>),
     blocks: Vec<Block<F>>,
+    /// The FFN activation named by `config.hidden_act`.
+    act: GeluKind,
     pooler: Option<FrozenLinear<F>>,
     /// Module-path prefix of the encoder inside a PEFT-wrapped model (`bert.` for
     /// `BertForSequenceClassification`, empty for a bare `BertModel`).
@@ -119,7 +122,8 @@ impl<F: Float> Bert<F> {
     ///
     /// # Errors
     /// Missing or mis-shaped tensors ([`Error::MissingTensor`], [`Error::TensorShape`]); an
-    /// invalid LoRA config.
+    /// invalid LoRA config; [`Error::InvalidArgument`] for a `hidden_act` other than `gelu`
+    /// (exact) or `gelu_new`/`gelu_pytorch_tanh` (tanh approximation).
     pub fn load(
         config: &BertConfig,
         src: &mut dyn WeightSource,
@@ -129,6 +133,16 @@ impl<F: Float> Bert<F> {
         trainable: &mut Trainable<F>,
     ) -> Result<Self> {
         lora.validate()?;
+        let act = match config.hidden_act {
+            Activation::Gelu => GeluKind::Erf,
+            Activation::GeluTanh => GeluKind::Tanh,
+            other => {
+                return Err(Error::invalid(
+                    "Bert::load",
+                    format!("hidden_act {other:?} is not supported (only gelu and gelu_new)"),
+                ));
+            }
+        };
         let (h, ffn) = (config.hidden_size, config.intermediate_size);
         let np = if src.has("bert.embeddings.word_embeddings.weight") {
             "bert."
@@ -193,6 +207,7 @@ impl<F: Float> Bert<F> {
             token_type,
             emb_ln,
             blocks,
+            act,
             pooler,
             path_prefix: module_prefix.to_string(),
         })
@@ -354,7 +369,7 @@ impl<F: Float> Bert<F> {
             let hdn = gelu(
                 &blk.intermediate
                     .forward(&x, trainable, dirs, lora, dropout)?,
-                GeluKind::Erf,
+                self.act,
             )?;
             let o = blk.output.forward(&hdn, trainable, dirs, lora, dropout)?;
             drop(hdn);

@@ -61,10 +61,15 @@ fn proj<F: Float>(
     path: String,
     out: usize,
     inp: usize,
+    bias: bool,
 ) -> Result<FrozenLinear<F>> {
     Ok(FrozenLinear {
         weight: take2(src, &format!("{path}.weight"), out, inp)?,
-        bias: None,
+        bias: if bias {
+            Some(take1(src, &format!("{path}.bias"), out)?)
+        } else {
+            None
+        },
         adapter: None,
         path,
     })
@@ -73,6 +78,9 @@ fn proj<F: Float>(
 impl<F: Float> Llama<F> {
     /// Loads the model from a source with Hugging Face names, registering a LoRA adapter in
     /// `trainable` for every targeted projection.
+    ///
+    /// Projection biases (`{path}.bias`) are loaded when `attention_bias` (q, k, v, o) or
+    /// `mlp_bias` (gate, up, down) is set.
     ///
     /// # Errors
     /// Missing or mis-shaped tensors; an invalid LoRA config.
@@ -91,20 +99,22 @@ impl<F: Float> Llama<F> {
             config.num_key_value_heads,
             config.intermediate_size,
         );
+        // Hugging Face: `attention_bias` gives q/k/v/o biases, `mlp_bias` gate/up/down biases
+        let (ab, mb) = (config.attention_bias, config.mlp_bias);
         let embed = take2(src, "model.embed_tokens.weight", config.vocab_size, h)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let mut layer = Layer {
                 attn_norm: take1(src, &format!("{p}.input_layernorm.weight"), h)?,
-                q: proj(src, format!("{p}.self_attn.q_proj"), nh * hd, h)?,
-                k: proj(src, format!("{p}.self_attn.k_proj"), nkv * hd, h)?,
-                v: proj(src, format!("{p}.self_attn.v_proj"), nkv * hd, h)?,
-                o: proj(src, format!("{p}.self_attn.o_proj"), h, nh * hd)?,
+                q: proj(src, format!("{p}.self_attn.q_proj"), nh * hd, h, ab)?,
+                k: proj(src, format!("{p}.self_attn.k_proj"), nkv * hd, h, ab)?,
+                v: proj(src, format!("{p}.self_attn.v_proj"), nkv * hd, h, ab)?,
+                o: proj(src, format!("{p}.self_attn.o_proj"), h, nh * hd, ab)?,
                 ffn_norm: take1(src, &format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: proj(src, format!("{p}.mlp.gate_proj"), ffn, h)?,
-                up: proj(src, format!("{p}.mlp.up_proj"), ffn, h)?,
-                down: proj(src, format!("{p}.mlp.down_proj"), h, ffn)?,
+                gate: proj(src, format!("{p}.mlp.gate_proj"), ffn, h, mb)?,
+                up: proj(src, format!("{p}.mlp.up_proj"), ffn, h, mb)?,
+                down: proj(src, format!("{p}.mlp.down_proj"), h, ffn, mb)?,
             };
             for lin in [
                 &mut layer.q,
