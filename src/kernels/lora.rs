@@ -125,38 +125,55 @@ pub fn lora_linear<F: Float, D: Dimension>(
         .map(|t| t.view())
         .or_else(|| x.tangent_rows());
 
-    // ḣ[K·N, r] = x̃̇·Aᵀ (one GEMM over all K·N rows) + x̃·Ȧ_kᵀ (per direction)
+    // ḣ[K·N, r] = x̃̇·Aᵀ (one GEMM over all K·N rows) + x̃·Ȧ_kᵀ, the latter for all K at once
+    // as x̃·[Ȧ_1; ..; Ȧ_K]ᵀ = [N, K·r] (one GEMM, x̃ read once), then scattered per direction
     let mut th = txd.map(|t| matmul_nt(t, ap));
     if let Some(ta) = a.tangent() {
+        let ta_rows = ta
+            .view()
+            .into_shape_with_order((k * r, in_f))
+            .map_err(|_| Error::shape(OP, format!("[{k}, {r}, {in_f}]"), ta.shape()))?;
+        let all = matmul_nt(xd, ta_rows);
         let th = th.get_or_insert_with(|| Array2::zeros((k * n, r)));
         for kk in 0..k {
-            let block = th.slice_mut(s![kk * n..(kk + 1) * n, ..]);
-            gemm_into(
-                F::one(),
-                xd,
-                ta.index_axis(Axis(0), kk).t(),
-                F::one(),
-                block,
-            );
+            let mut block = th.slice_mut(s![kk * n..(kk + 1) * n, ..]);
+            block += &all.slice(s![.., kk * r..(kk + 1) * r]);
         }
     }
 
-    // ẏ[K·N, out] = ẋ·Wᵀ + s·ḣ·Bᵀ (one GEMM) + s·h·Ḃ_kᵀ (per direction)
+    // ẏ[K·N, out] = ẋ·Wᵀ + s·(ḣ_k·Bᵀ + h·Ḃ_kᵀ). With both terms present, each direction is one
+    // GEMM of inner dimension 2r, s·[ḣ_k | h]·[B | Ḃ_k]ᵀ: a single pass over ẏ_k instead of two.
     let mut ty = ty.unwrap_or_else(|| Array2::zeros((k * n, out_f)));
-    if let Some(th) = &th {
-        gemm_into(scale, th.view(), bp.t(), F::one(), ty.view_mut());
-    }
-    if let Some(tb) = b.tangent() {
-        for kk in 0..k {
-            let block = ty.slice_mut(s![kk * n..(kk + 1) * n, ..]);
-            gemm_into(
-                scale,
-                h.view(),
-                tb.index_axis(Axis(0), kk).t(),
-                F::one(),
-                block,
-            );
+    match (&th, b.tangent()) {
+        (Some(th), Some(tb)) => {
+            let mut left = Array2::<F>::zeros((n, 2 * r));
+            left.slice_mut(s![.., r..]).assign(&h);
+            let mut right = Array2::<F>::zeros((out_f, 2 * r));
+            right.slice_mut(s![.., ..r]).assign(&bp);
+            for kk in 0..k {
+                left.slice_mut(s![.., ..r])
+                    .assign(&th.slice(s![kk * n..(kk + 1) * n, ..]));
+                right
+                    .slice_mut(s![.., r..])
+                    .assign(&tb.index_axis(Axis(0), kk));
+                let block = ty.slice_mut(s![kk * n..(kk + 1) * n, ..]);
+                gemm_into(scale, left.view(), right.t(), F::one(), block);
+            }
         }
+        (Some(th), None) => gemm_into(scale, th.view(), bp.t(), F::one(), ty.view_mut()),
+        (None, Some(tb)) => {
+            for kk in 0..k {
+                let block = ty.slice_mut(s![kk * n..(kk + 1) * n, ..]);
+                gemm_into(
+                    scale,
+                    h.view(),
+                    tb.index_axis(Axis(0), kk).t(),
+                    F::one(),
+                    block,
+                );
+            }
+        }
+        (None, None) => {}
     }
     Ok(Dual::from_rows(x.shape(), y, Some((k, ty))))
 }
