@@ -268,13 +268,7 @@ impl<F: Float> Bert<F> {
     /// is unchanged then.
     pub fn merge_adapters(&mut self, trainable: &Trainable<F>) -> Result<()> {
         let lora = self.lora.clone();
-        for lin in self.linears_mut() {
-            lin.check_adapter(trainable, &lora)?;
-        }
-        for lin in self.linears_mut() {
-            lin.merge_adapter(trainable, &lora)?;
-        }
-        Ok(())
+        crate::modules::linear::merge_all_adapters(self.linears_mut().collect(), trainable, &lora)
     }
 
     /// Embedding layer: `LN(E_word[ids] + E_pos[t] + E_type[type_ids])` (no tangent: frozen).

@@ -191,13 +191,7 @@ impl<F: Float> Llama<F> {
     /// is unchanged then.
     pub fn merge_adapters(&mut self, trainable: &Trainable<F>) -> Result<()> {
         let lora = self.lora.clone();
-        for lin in self.linears_mut() {
-            lin.check_adapter(trainable, &lora)?;
-        }
-        for lin in self.linears_mut() {
-            lin.merge_adapter(trainable, &lora)?;
-        }
-        Ok(())
+        crate::modules::linear::merge_all_adapters(self.linears_mut().collect(), trainable, &lora)
     }
 
     fn head(&self) -> ArrayView2<'_, F> {

@@ -217,3 +217,22 @@ pub fn dropout_mask<F: Float, D: Dimension>(
     let keep = F::from_f64(1.0 / (1.0 - p));
     Array::from_shape_simple_fn(shape, || if rng.uniform() < p { F::zero() } else { keep })
 }
+
+/// Folds the adapters of all `linears` into their weights, checking every one first so that a
+/// mismatched registry leaves all of them unchanged.
+///
+/// # Errors
+/// As [`FrozenLinear::check_adapter`].
+pub fn merge_all_adapters<F: Float>(
+    linears: Vec<&mut FrozenLinear<F>>,
+    trainable: &Trainable<F>,
+    lora: &LoraConfig,
+) -> Result<()> {
+    for lin in &linears {
+        lin.check_adapter(trainable, lora)?;
+    }
+    for lin in linears {
+        lin.merge_adapter(trainable, lora)?;
+    }
+    Ok(())
+}
