@@ -113,9 +113,13 @@ struct Args {
     /// defaults otherwise).
     #[arg(long)]
     server_lr: Option<f64>,
-    /// Client AdamW learning rate.
+    /// Client AdamW learning rate of the forward-gradient (and zero-order) estimates.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Client AdamW learning rate of the tensors trained on their exact gradient (the head with
+    /// `--head-grad exact`); default: `--lr`.
+    #[arg(long)]
+    head_lr: Option<f64>,
     /// Gradient of the classification head: exact (free, from the primal pass) or forward.
     #[arg(long, value_enum, default_value = "exact")]
     head_grad: HeadGradArg,
@@ -301,6 +305,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             k: args.k,
             local_epochs: args.local_epochs,
             optimizer: LocalOptimizer::adamw(args.lr),
+            exact_optimizer: args.head_lr.map(LocalOptimizer::adamw),
             jvp_clip: None,
             head_grad: match args.head_grad {
                 HeadGradArg::Exact => HeadGrad::Exact,

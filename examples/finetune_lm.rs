@@ -133,6 +133,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             k: args.k,
             local_epochs: 1,
             optimizer: LocalOptimizer::adamw(args.lr),
+            exact_optimizer: None,
             jvp_clip: None,
             head_grad: HeadGrad::Forward,
             dropout: false,

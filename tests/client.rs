@@ -29,6 +29,7 @@ fn cfg(k: usize, epochs: usize, optimizer: LocalOptimizer) -> ClientConfig {
         k,
         local_epochs: epochs,
         optimizer,
+        exact_optimizer: None,
         jvp_clip: None,
         head_grad: HeadGrad::Forward,
         dropout: false,
@@ -513,6 +514,55 @@ fn head_grad_exact_uses_the_objectives_gradient() {
     let calls = net.calls.lock().unwrap();
     assert!(calls[0].exact_for.is_empty());
     assert_eq!(calls[0].tangent_on, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn exact_optimizer_steps_the_exact_tensors_only() {
+    // The head (exact gradient) takes the exact optimizer's step, the hidden layer (forward
+    // gradient) the base optimizer's: exactly the two single-group runs, spliced.
+    let batches = vec![random_batch(60, 8)];
+    let (k, lr, head_lr) = (2, 0.05, 0.3);
+    let theta0 = flatten(&init_params(61));
+    let c = ClientConfig {
+        head_grad: HeadGrad::Exact,
+        exact_optimizer: Some(sgd(head_lr)),
+        ..cfg(k, 1, sgd(lr))
+    };
+    let mut p = init_params(61);
+    let mut st = OptimizerState::new(p.len());
+    train_local(
+        &TinyNet::default(),
+        &mut p,
+        &[0, 1, 2, 3],
+        &batches,
+        &c,
+        &mut st,
+        key(62),
+    )
+    .unwrap();
+    let after = flatten(&p);
+    let off = offsets();
+    let g = fd_gradient(&theta0, &batches[0]);
+    for q in [2usize, 3] {
+        let expect: Vec<f64> = off[q].clone().map(|i| theta0[i] - head_lr * g[i]).collect();
+        assert_close(&after[off[q].clone()], &expect, 1e-9, &format!("head p{q}"));
+    }
+    let (expect, _) = manual_sgd(
+        &theta0,
+        &batches,
+        Manual { epochs: 1, k, lr },
+        &[0, 1],
+        key(62),
+        &[],
+    );
+    for q in [0usize, 1] {
+        assert_close(
+            &after[off[q].clone()],
+            &expect[off[q].clone()],
+            1e-8,
+            &format!("hidden p{q}"),
+        );
+    }
 }
 
 #[test]

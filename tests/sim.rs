@@ -87,6 +87,7 @@ fn config(method: Method, comm: CommMode) -> SimConfig {
             k: 4,
             local_epochs: 1,
             optimizer: LocalOptimizer::adamw(0.05),
+            exact_optimizer: None,
             jvp_clip: None,
             head_grad: HeadGrad::Forward,
             dropout: false,

@@ -73,6 +73,12 @@ pub struct ClientConfig {
     pub local_epochs: usize,
     /// The local optimizer.
     pub optimizer: LocalOptimizer,
+    /// The optimizer of the tensors trained on their exact gradient (see [`HeadGrad::Exact`]);
+    /// `None`: the same as `optimizer`. Exact gradients carry no estimator noise, so they
+    /// tolerate a much larger step than forward-gradient estimates (whose AdamW-normalised
+    /// noise moves every coordinate by about `lr` per step whatever the signal).
+    #[serde(default)]
+    pub exact_optimizer: Option<LocalOptimizer>,
     /// JVP clipping.
     pub jvp_clip: Option<f64>,
     /// Exact or forward gradient for the head.
@@ -199,7 +205,18 @@ pub fn train_local<F: Float, O: Objective<F>>(
             for (p, g) in exact {
                 grads[p] = Some(g);
             }
-            state.step(&cfg.optimizer, params, &grads)?;
+            let exact_opt = cfg.exact_optimizer.as_ref().unwrap_or(&cfg.optimizer);
+            state.step_with(
+                |p| {
+                    if exact_for.contains(&p) {
+                        exact_opt
+                    } else {
+                        &cfg.optimizer
+                    }
+                },
+                params,
+                &grads,
+            )?;
             steps += 1;
             loss_sum += out.loss.as_f64();
         }

@@ -68,7 +68,7 @@ impl OptimizerState {
         }
     }
 
-    /// Applies one step to every parameter that has a gradient.
+    /// Applies one step of `opt` to every parameter that has a gradient.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if `grads` does not have one entry per parameter;
@@ -76,6 +76,22 @@ impl OptimizerState {
     pub fn step<F: Float>(
         &mut self,
         opt: &LocalOptimizer,
+        trainable: &mut Trainable<F>,
+        grads: &[Option<ArrayD<F>>],
+    ) -> Result<()> {
+        self.step_with(|_| opt, trainable, grads)
+    }
+
+    /// Applies one step to every parameter `i` that has a gradient, with the optimizer
+    /// `opt_for(i)` (parameter groups, e.g. a larger learning rate for exactly-differentiated
+    /// tensors than for forward-gradient estimates). Nothing changes unless every gradient is
+    /// valid.
+    ///
+    /// # Errors
+    /// As [`OptimizerState::step`].
+    pub fn step_with<'o, F: Float>(
+        &mut self,
+        opt_for: impl Fn(usize) -> &'o LocalOptimizer,
         trainable: &mut Trainable<F>,
         grads: &[Option<ArrayD<F>>],
     ) -> Result<()> {
@@ -106,7 +122,7 @@ impl OptimizerState {
             let t = self.steps[i];
             let n = g.len();
             let p = trainable.value_mut(i);
-            match *opt {
+            match *opt_for(i) {
                 LocalOptimizer::Sgd {
                     lr,
                     momentum,

@@ -68,6 +68,9 @@ impl ClassificationTask<'_> {
         params: &Trainable<f32>,
     ) -> Result<Evaluation> {
         let none = Directions::none(params.len());
+        // batches of similar lengths pad little (the order does not change any prediction)
+        let mut idx = idx.to_vec();
+        idx.sort_by_key(|&i| (examples[i].text.len(), i));
         let (mut loss, mut correct, mut n) = (0.0f64, 0usize, 0usize);
         for chunk in idx.chunks(self.eval_batch.max(1)) {
             let b = self.batch(examples, chunk)?;
