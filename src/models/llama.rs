@@ -45,10 +45,16 @@ struct KvCache<F: Float> {
     v: Vec<Array3<F>>,
 }
 
-/// Rows of the final hidden state multiplied by each vocabulary tile of the LM head at a time by
-/// the loss (the logits buffer is `LOSS_CHUNK_ROWS × VOCAB_TILE`, see
-/// [`lm_head_cross_entropy`]).
+/// The fewest rows of the final hidden state the loss multiplies by a vocabulary tile of the LM
+/// head at a time (see [`LOSS_PASS_ROWS`] and [`lm_head_cross_entropy`]).
 pub const LOSS_CHUNK_ROWS: usize = 64;
+
+/// Rows, primal and tangent together, the loss aims to multiply by each vocabulary tile of the
+/// LM head in one pass: a chunk holds `max(LOSS_CHUNK_ROWS, LOSS_PASS_ROWS / (1 + K))` hidden
+/// rows, so the logits buffer stays about `LOSS_PASS_ROWS × VOCAB_TILE` (4 MiB in f32) while the
+/// GEMMs are large enough to keep every core busy (at SmolLM2 sizes, K = 1, 1024-row chunks run
+/// the fused head 2.4× faster than 64-row ones; `examples/packed_ratio.rs`).
+pub const LOSS_PASS_ROWS: usize = 2048;
 
 /// A Llama causal language model with frozen weights and (optionally) LoRA slots.
 pub struct Llama<F: Float> {
@@ -310,7 +316,7 @@ impl<F: Float> Llama<F> {
     /// `labels` follows Hugging Face: `[B, T]` aligned with `ids` (position t is predicted from
     /// positions ≤ t−1; the shift happens here), `-100` = ignored (padding, prompt tokens).
     /// The logits are never held: the LM head and the cross-entropy run fused over vocabulary
-    /// tiles, [`LOSS_CHUNK_ROWS`] rows at a time ([`lm_head_cross_entropy`]).
+    /// tiles, in chunks of rows sized by [`LOSS_PASS_ROWS`] ([`lm_head_cross_entropy`]).
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `labels` or `key_mask` is not `[B, T]`;
@@ -353,7 +359,8 @@ impl<F: Float> Llama<F> {
                 .expect("contiguous")
         });
         let rows = Dual::with_tangent(hp, ht)?;
-        lm_head_cross_entropy(&rows, self.head(), &targets, -100, LOSS_CHUNK_ROWS)
+        let chunk = (LOSS_PASS_ROWS / (1 + k.unwrap_or(0))).max(LOSS_CHUNK_ROWS);
+        lm_head_cross_entropy(&rows, self.head(), &targets, -100, chunk)
     }
 
     /// Logits of the last position of every sequence `[B, V]` (plain forward).
