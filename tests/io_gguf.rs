@@ -1263,3 +1263,35 @@ fn real_smollm2_packed_tensors_match_the_dequantised_ones() {
         );
     }
 }
+
+#[test]
+fn lazy_files_read_tensors_from_disk_like_whole_files() {
+    let cases = typed_tensors();
+    let tensors: Vec<T> = cases
+        .iter()
+        .map(|(t, _, _)| tensor(&t.name, &t.dims, t.ty, t.data.clone()))
+        .collect();
+    let bytes = build(3, &all_metadata(), &tensors, 64);
+    let path = std::env::temp_dir().join(format!("spry_lazy_{}.gguf", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let whole = GgufFile::open(&path).unwrap();
+    let lazy = GgufFile::open_lazy(&path).unwrap();
+    assert_eq!(lazy.data_start(), whole.data_start());
+    assert_eq!(lazy.tensor_infos(), whole.tensor_infos());
+    for (t, _, _) in &cases {
+        assert_eq!(
+            lazy.tensor_f32(&t.name).unwrap(),
+            whole.tensor_f32(&t.name).unwrap()
+        );
+    }
+    assert_eq!(
+        lazy.tensor_packed("q8_0").unwrap(),
+        whole.tensor_packed("q8_0").unwrap()
+    );
+    // the file vanished: taking a tensor is an I/O error naming it
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        lazy.tensor_f32("q4_0"),
+        Err(Error::Io { path: p, .. }) if p == path
+    ));
+}

@@ -23,8 +23,10 @@
 //! layouts are in `io::decode`). Matrices of the last five types can also be kept as stored,
 //! [`GgufFile::tensor_packed`], and widened a tile at a time later (see [`PackedMatrix`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, ArrayD, IxDyn};
@@ -768,8 +770,11 @@ impl<'a> Reader<'a> {
 
 /// A parsed GGUF file: header, metadata, tensor infos, and the raw bytes to dequantise from.
 ///
-/// The whole file is read into memory (memory mapping would need `unsafe`); tensors are
-/// dequantised on demand by [`GgufFile::tensor_f32`], or all at once by [`GgufFile::load_all`].
+/// [`GgufFile::open`] reads the whole file into memory (memory mapping would need `unsafe`);
+/// [`GgufFile::open_lazy`] keeps only the header and reads each tensor's bytes from the file when
+/// it is taken, so a loader copying tensors out never holds the raw file beside its copies.
+/// Tensors are dequantised on demand by [`GgufFile::tensor_f32`], or all at once by
+/// [`GgufFile::load_all`], or kept packed by [`GgufFile::tensor_packed`].
 ///
 /// ```no_run
 /// # fn main() -> spry::Result<()> {
@@ -782,7 +787,10 @@ impl<'a> Reader<'a> {
 /// ```
 pub struct GgufFile {
     path: PathBuf,
+    /// The whole file, or (lazy) only its header: `..data_start`.
     bytes: Vec<u8>,
+    /// Whether `bytes` holds the tensor data (else it is read from `path` on demand).
+    data_in_memory: bool,
     version: u32,
     alignment: usize,
     data_start: usize,
@@ -798,6 +806,7 @@ impl fmt::Debug for GgufFile {
             .field("path", &self.path)
             .field("version", &self.version)
             .field("bytes", &self.bytes.len())
+            .field("data_in_memory", &self.data_in_memory)
             .field("metadata", &self.metadata.len())
             .field("tensors", &self.tensors.len())
             .finish()
@@ -821,6 +830,39 @@ impl GgufFile {
             source,
         })?;
         Self::from_bytes(path, bytes)
+    }
+
+    /// Reads and parses a GGUF file like [`GgufFile::open`], then keeps only its header
+    /// (metadata and tensor infos) in memory: each tensor's bytes are read from the file when the
+    /// tensor is taken. The raw file is resident only while it is parsed, never beside the
+    /// tensors a loader copies out. The file must not change while the `GgufFile` is in use.
+    ///
+    /// # Errors
+    /// As [`GgufFile::open`]; taking a tensor later may also give [`Error::Io`].
+    pub fn open_lazy(path: impl AsRef<Path>) -> Result<Self> {
+        let mut file = Self::open(path)?;
+        file.bytes.truncate(file.data_start.min(file.bytes.len()));
+        file.bytes.shrink_to_fit();
+        file.data_in_memory = false;
+        Ok(file)
+    }
+
+    /// The `n_bytes` data bytes of tensor `info` (bounds checked at open): a slice of the file in
+    /// memory, or read from the file for a lazy one.
+    fn tensor_data(&self, info: &GgufTensorInfo, n_bytes: usize) -> Result<Cow<'_, [u8]>> {
+        let start = self.data_start + info.offset as usize;
+        if self.data_in_memory {
+            return Ok(Cow::Borrowed(&self.bytes[start..start + n_bytes]));
+        }
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = std::fs::File::open(&self.path).map_err(io)?;
+        f.seek(SeekFrom::Start(start as u64)).map_err(io)?;
+        let mut buf = vec![0u8; n_bytes];
+        f.read_exact(&mut buf).map_err(io)?;
+        Ok(Cow::Owned(buf))
     }
 
     /// Parses GGUF bytes already in memory; `path` only labels the errors.
@@ -980,6 +1022,7 @@ impl GgufFile {
         Ok(GgufFile {
             path,
             bytes,
+            data_in_memory: true,
             version,
             alignment,
             data_start,
@@ -1100,8 +1143,8 @@ impl GgufFile {
         }
         // Bounds were checked at open for every type with a known layout.
         let n_bytes = info.n_bytes.ok_or_else(unsupported)?;
-        let start = self.data_start + info.offset as usize;
-        let data = &self.bytes[start..start + n_bytes];
+        let data = self.tensor_data(info, n_bytes)?;
+        let data = &data[..];
         Ok(match info.ggml_type {
             GgmlType::F32 => decode::f32_le(data),
             GgmlType::F16 => decode::f16_le(data),
@@ -1149,8 +1192,7 @@ impl GgufFile {
         };
         // Bounds were checked at open.
         let n_bytes = info.n_bytes.expect("packed formats have a known layout");
-        let start = self.data_start + info.offset as usize;
-        let bytes = self.bytes[start..start + n_bytes].to_vec();
+        let bytes = self.tensor_data(info, n_bytes)?.into_owned();
         let m = PackedMatrix::new(format, rows, cols, bytes)
             .map_err(|e| format_error(&self.path, format!("tensor `{name}`: {e}")))?;
         if let Some(index) = m.first_non_finite() {

@@ -152,8 +152,9 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<TextTokenizer> {
 
 /// Loads a Llama model from a GGUF file: config and tokenizer from its metadata, frozen matrices
 /// kept in their stored format ([`WeightFormat::Stored`]: Q8_0/Q4_0/Q4_1/F16/BF16 stay packed and
-/// are widened a tile at a time), q/k rows un-permuted for rotate-half RoPE. The file's bytes
-/// are released when this returns.
+/// are widened a tile at a time), q/k rows un-permuted for rotate-half RoPE. The file is opened
+/// with [`GgufFile::open_lazy`]: its raw bytes are resident only while the header is parsed, and
+/// each tensor is read from disk as the model takes it.
 ///
 /// # Errors
 /// File, metadata, tensor and tokenizer errors, each naming the file.
@@ -176,7 +177,8 @@ pub fn load_llama_gguf_as(
     seed: u64,
     format: WeightFormat,
 ) -> Result<(Llama<f32>, Trainable<f32>, TextTokenizer)> {
-    let file = GgufFile::open(path)?;
+    // only the header stays resident: tensors are read from the file as they are taken
+    let file = GgufFile::open_lazy(path)?;
     let config = LlamaConfig::from_gguf(&file)?;
     let tokenizer = gguf_tokenizer(&file)?;
     let mut source =
@@ -184,7 +186,6 @@ pub fn load_llama_gguf_as(
             .with_format(format);
     let mut trainable = Trainable::new();
     let model = Llama::load(&config, &mut source, lora, seed, &mut trainable)?;
-    drop(source); // the raw file bytes
     Ok((model, trainable, tokenizer))
 }
 

@@ -131,9 +131,10 @@ impl WeightSource for crate::io::Weights {
 ///
 /// Matrices are handed out one at a time as they are taken: with [`WeightFormat::Stored`] (the
 /// default) a packed tensor's bytes are copied out as a [`PackedMatrix`](crate::io::PackedMatrix)
-/// (q/k rows un-permuted as whole rows of blocks), anything else is dequantised to f32. The
-/// source owns the file's bytes: drop it once the model is loaded (the one-call loaders do), so
-/// that the raw file does not stay resident beside the model's copies.
+/// (q/k rows un-permuted as whole rows of blocks), anything else is dequantised to f32. Open the
+/// file with [`GgufFile::open_lazy`](crate::io::GgufFile::open_lazy) (the one-call loaders do) so
+/// that the raw file is never resident beside the model's copies; a file opened whole keeps its
+/// bytes until the source is dropped.
 pub struct GgufLlamaSource {
     file: crate::io::GgufFile,
     n_heads: usize,
