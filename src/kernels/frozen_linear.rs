@@ -15,9 +15,10 @@ use super::gemm::gemm_into;
 use super::linear::linear;
 use crate::{Dual, Float, Result};
 
-/// Output rows of a packed weight widened at a time (a tile of `TILE_ROWS × in` values: 288 KiB
-/// in f32 for `in = 576`).
-pub const TILE_ROWS: usize = 128;
+/// Output rows of a packed weight widened at a time (a tile of `TILE_ROWS × in` values: 1.1 MiB
+/// in f32 for `in = 576`). Large tiles matter: the GEMM packs the activations `x` (and `ẋ`)
+/// again for every tile, `out / TILE_ROWS` times per product.
+pub const TILE_ROWS: usize = 512;
 
 /// Linear layer with a frozen, possibly packed, weight: `y = x·Wᵀ + b`, `ẏ = ẋ·Wᵀ`.
 ///
