@@ -1,17 +1,24 @@
 //! Forward time and peak memory of each real model for one batch: MiniLM (batch 8, sequence
-//! 128) and SmolLM2-135M (batch 4, sequence 256, loss with the chunked LM head), plain forward and
-//! one-direction JVP over the LoRA adapters.
+//! 128) and SmolLM2-135M (batch 4, sequence 256, loss with the LM head fused with the
+//! cross-entropy over vocabulary tiles), plain forward and one-direction JVP over the LoRA
+//! adapters.
+//!
+//! SmolLM2's frozen matrices stay packed as the GGUF file stores them (Q8_0 embeddings, Q4_1
+//! projections, widened a tile at a time); `--dense` dequantises them to f32 at load instead.
+//! For SmolLM2 the peak RSS is also reported for the load alone and for the client step alone
+//! (the JVP runs, watermark reset before them; both include the resident weights).
 //!
 //! ```text
-//! cargo run --release --example model_forward [-- --json]
+//! cargo run --release --example model_forward [-- --json] [--dense] [--llama-only]
 //! ```
 
 use clap::Parser;
 use ndarray::Array2;
 use spry::federated::{StepKey, directions};
-use spry::metrics::{current_rss_mib, median_time, peak_rss_mib};
+use spry::metrics::{current_rss_mib, median_time, peak_rss_mib, reset_peak_rss};
+use spry::models::WeightFormat;
 use spry::models::bert::BertBatch;
-use spry::models::pretrained::{load_bert_classifier_dir, load_llama_gguf};
+use spry::models::pretrained::{load_bert_classifier_dir, load_llama_gguf_as};
 use spry::modules::{Directions, LoraConfig};
 use spry::tokenizer::TokenizerOptions;
 
@@ -24,6 +31,12 @@ struct Args {
     /// Print one JSON line per model instead of a table.
     #[arg(long)]
     json: bool,
+    /// Dequantise SmolLM2's weights to dense f32 at load (instead of keeping them packed).
+    #[arg(long)]
+    dense: bool,
+    /// Skip MiniLM (so the process peak is SmolLM2's alone).
+    #[arg(long)]
+    llama_only: bool,
 }
 
 fn main() {
@@ -40,6 +53,13 @@ fn ids(b: usize, t: usize, vocab: u32) -> Array2<u32> {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if !args.llama_only {
+        minilm(&args)?;
+    }
+    smollm2(&args)
+}
+
+fn minilm(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let assets = spry::io::assets_dir();
     let base = current_rss_mib().unwrap_or(0.0);
     // MiniLM classifier, LoRA r=1 on query/value
@@ -77,20 +97,32 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     });
     let peak = peak_rss_mib().unwrap_or(0.0);
     report(
-        &args,
+        args,
         "MiniLM-L6 classifier B=8 T=128",
         fwd.as_secs_f64(),
         jvp.as_secs_f64(),
         weights_mib,
         peak,
+        None,
     );
-    drop((bert, params, dirs));
+    Ok(())
+}
 
+fn smollm2(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let assets = spry::io::assets_dir();
     let lora = LoraConfig::new(1, 1.0, 0.0, &["q_proj", "v_proj"]);
     let before = current_rss_mib().unwrap_or(0.0);
     let gguf = assets.join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let (llama, params, _) = load_llama_gguf(&gguf, &lora, 0)?;
+    let format = if args.dense {
+        WeightFormat::Dense
+    } else {
+        WeightFormat::Stored
+    };
+    reset_peak_rss();
+    let (llama, params, _) = load_llama_gguf_as(&gguf, &lora, 0, format)?;
+    let load_peak = peak_rss_mib().unwrap_or(0.0);
     let weights_mib = current_rss_mib().unwrap_or(0.0) - before;
+    let frozen_mib = llama.frozen_bytes() as f64 / (1 << 20) as f64;
     let x = ids(4, 256, 49152);
     let y = x.mapv(|v| v as i64);
     let none = Directions::none(params.len());
@@ -111,30 +143,50 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .loss(x.view(), y.view(), None, &params, &none, None)
             .expect("forward");
     });
+    // the client step: LM loss + JVP (K = 1), peak measured from here
+    reset_peak_rss();
     let jvp = median_time(1, args.reps, || {
         llama
             .loss(x.view(), y.view(), None, &params, &dirs, None)
             .expect("jvp");
     });
-    let peak = peak_rss_mib().unwrap_or(0.0);
+    let step_peak = peak_rss_mib().unwrap_or(0.0);
+    let name = if args.dense {
+        "SmolLM2-135M dense f32 B=4 T=256"
+    } else {
+        "SmolLM2-135M packed B=4 T=256"
+    };
     report(
-        &args,
-        "SmolLM2-135M LM loss B=4 T=256",
+        args,
+        name,
         fwd.as_secs_f64(),
         jvp.as_secs_f64(),
         weights_mib,
-        peak,
+        step_peak,
+        Some((frozen_mib, load_peak, step_peak)),
     );
     Ok(())
 }
 
-fn report(args: &Args, name: &str, fwd: f64, jvp: f64, weights_mib: f64, peak: f64) {
+/// One line per model; `llama` = (frozen weight MiB, load peak RSS, client-step peak RSS).
+fn report(
+    args: &Args,
+    name: &str,
+    fwd: f64,
+    jvp: f64,
+    weights_mib: f64,
+    peak: f64,
+    llama: Option<(f64, f64, f64)>,
+) {
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"model": name, "fwd_ms": fwd * 1e3, "jvp1_ms": jvp * 1e3, "jvp1_over_fwd": jvp / fwd,
-                "weights_rss_mib": weights_mib, "peak_rss_mib": peak})
-        );
+        let mut v = serde_json::json!({"model": name, "fwd_ms": fwd * 1e3, "jvp1_ms": jvp * 1e3, "jvp1_over_fwd": jvp / fwd,
+            "weights_rss_mib": weights_mib, "peak_rss_mib": peak});
+        if let Some((frozen, load_peak, step_peak)) = llama {
+            v["frozen_weights_mib"] = frozen.into();
+            v["load_peak_rss_mib"] = load_peak.into();
+            v["step_peak_rss_mib"] = step_peak.into();
+        }
+        println!("{v}");
     } else {
         println!(
             "{name:<34} forward {:>8.1} ms   JVP(K=1) {:>8.1} ms ({:.2}x)   weights {:>6.0} MiB   peak RSS so far {:>6.0} MiB",
@@ -144,5 +196,11 @@ fn report(args: &Args, name: &str, fwd: f64, jvp: f64, weights_mib: f64, peak: f
             weights_mib,
             peak
         );
+        if let Some((frozen, load_peak, step_peak)) = llama {
+            println!(
+                "{:<34} frozen weights {frozen:>6.0} MiB   load peak RSS {load_peak:>6.0} MiB   client step (loss + JVP K=1) peak RSS {step_peak:>6.0} MiB",
+                ""
+            );
+        }
     }
 }

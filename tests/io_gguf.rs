@@ -1165,3 +1165,133 @@ fn real_smollm2_gguf_loads() {
         (0.01397705078125, 0.0238037109375, -0.038330078125)
     );
 }
+
+#[test]
+fn packed_tensors_widen_to_the_dequantised_values() {
+    let cases = typed_tensors();
+    let tensors: Vec<T> = cases
+        .iter()
+        .map(|(t, _, _)| tensor(&t.name, &t.dims, t.ty, t.data.clone()))
+        .collect();
+    let g = parse(build(3, &all_metadata(), &tensors, 32)).unwrap();
+    for name in ["bf16", "q8_0", "q4_0"] {
+        let p = g.tensor_packed(name).unwrap();
+        assert_eq!(
+            p.as_bytes().len(),
+            g.tensor_info(name).unwrap().n_bytes().unwrap()
+        );
+        let dense = g.tensor_f32(name).unwrap();
+        let widened = p.to_dense::<f32>().into_dyn();
+        assert_eq!(widened.shape(), dense.shape());
+        for (a, b) in widened.iter().zip(dense.iter()) {
+            assert_eq!(a.to_bits(), b.to_bits(), "{name}");
+        }
+        // f64 widening is exact
+        let wide = p.to_dense::<f64>();
+        for (a, b) in wide.iter().zip(dense.iter()) {
+            assert_eq!(*a, f64::from(*b), "{name}");
+        }
+    }
+    // F32 is not a packed format; 1-D tensors are not matrices
+    assert!(matches!(
+        g.tensor_packed("f32"),
+        Err(Error::UnsupportedDtype { name, .. }) if name == "f32"
+    ));
+    assert!(matches!(
+        g.tensor_packed("q4_1"),
+        Err(Error::TensorShape { name, .. }) if name == "q4_1"
+    ));
+    assert!(matches!(
+        g.tensor_packed("nope"),
+        Err(Error::MissingTensor { .. })
+    ));
+}
+
+#[test]
+fn packed_tensor_with_a_non_finite_scale_is_reported() {
+    // Q8_0 [2, 32]: row 1's scale is +inf, so its first element (flat index 32) is the first
+    // non-finite value (q = 1 everywhere)
+    let mut data = q8_0_block(0x3C00, &[1; 32]);
+    data.extend(q8_0_block(0x7C00, &[1; 32]));
+    let g = parse(build(3, &[], &[tensor("w", &[32, 2], 8, data)], 32)).unwrap();
+    assert!(matches!(
+        g.tensor_packed("w"),
+        Err(Error::NonFinite { index: 32, .. })
+    ));
+}
+
+#[test]
+fn unpermute_rope_rows_packed_moves_whole_rows_like_the_dense_one() {
+    // Q4_0 [8, 64]: 2 heads of 4 rows, every row distinct
+    let mut data = Vec::new();
+    for r in 0..8u8 {
+        for b in 0..2u8 {
+            let q: [u8; 32] = std::array::from_fn(|j| (j as u8 + r * 3 + b) % 16);
+            data.extend(q4_0_block(h(0.25 + f32::from(r)), &q));
+        }
+    }
+    let g = parse(build(3, &[], &[tensor("w", &[64, 8], 2, data)], 32)).unwrap();
+    let p = g.tensor_packed("w").unwrap();
+    let dense = g
+        .tensor_f32("w")
+        .unwrap()
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap();
+    let want = unpermute_rope_rows(dense, 2).unwrap();
+    let got = spry::io::unpermute_rope_rows_packed(&p, 2).unwrap();
+    assert_eq!(got.to_dense::<f32>(), want);
+    assert!(matches!(
+        spry::io::unpermute_rope_rows_packed(&p, 3),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+#[test]
+fn real_smollm2_packed_tensors_match_the_dequantised_ones() {
+    let g = GgufFile::open(smollm2_path()).unwrap();
+    for name in [
+        "token_embd.weight",
+        "blk.0.attn_q.weight",
+        "blk.29.ffn_down.weight",
+    ] {
+        let p = g.tensor_packed(name).unwrap();
+        let dense = g.tensor_f32(name).unwrap();
+        assert_eq!(p.to_dense::<f32>().into_dyn(), dense, "{name}");
+        assert_eq!(
+            p.as_bytes().len(),
+            g.tensor_info(name).unwrap().n_bytes().unwrap()
+        );
+    }
+}
+
+#[test]
+fn lazy_files_read_tensors_from_disk_like_whole_files() {
+    let cases = typed_tensors();
+    let tensors: Vec<T> = cases
+        .iter()
+        .map(|(t, _, _)| tensor(&t.name, &t.dims, t.ty, t.data.clone()))
+        .collect();
+    let bytes = build(3, &all_metadata(), &tensors, 64);
+    let path = std::env::temp_dir().join(format!("spry_lazy_{}.gguf", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let whole = GgufFile::open(&path).unwrap();
+    let lazy = GgufFile::open_lazy(&path).unwrap();
+    assert_eq!(lazy.data_start(), whole.data_start());
+    assert_eq!(lazy.tensor_infos(), whole.tensor_infos());
+    for (t, _, _) in &cases {
+        assert_eq!(
+            lazy.tensor_f32(&t.name).unwrap(),
+            whole.tensor_f32(&t.name).unwrap()
+        );
+    }
+    assert_eq!(
+        lazy.tensor_packed("q8_0").unwrap(),
+        whole.tensor_packed("q8_0").unwrap()
+    );
+    // the file vanished: taking a tensor is an I/O error naming it
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        lazy.tensor_f32("q4_0"),
+        Err(Error::Io { path: p, .. }) if p == path
+    ));
+}

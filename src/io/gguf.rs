@@ -19,24 +19,20 @@
 //! reverses them to the row-major shape, so a linear weight is `[out, in]` as in Hugging Face
 //! checkpoints and the flat data order is the row-major order of that shape.
 //!
-//! Dequantised types: F32, F16, BF16, Q8_0, Q4_0, Q4_1 (blocks of 32 along `ne[0]`):
-//!
-//! | type | block bytes | layout | value |
-//! |---|---|---|---|
-//! | Q8_0 | 34 | f16 d, 32 × i8 q | `d·q` |
-//! | Q4_0 | 18 | f16 d, 16 bytes | `d·(q − 8)` |
-//! | Q4_1 | 20 | f16 d, f16 m, 16 bytes | `d·q + m` |
-//!
-//! In the 4-bit types, byte j holds element j in its low nibble and element j + 16 in its high
-//! nibble.
+//! Dequantised types: F32, F16, BF16, Q8_0, Q4_0, Q4_1 (blocks of 32 along `ne[0]`; the block
+//! layouts are in `io::decode`). Matrices of the last five types can also be kept as stored,
+//! [`GgufFile::tensor_packed`], and widened a tile at a time later (see [`PackedMatrix`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, ArrayD, IxDyn};
 
 use super::decode;
+use super::packed::{PackedFormat, PackedMatrix};
 use super::weights::{Weights, check_finite};
 use crate::{Error, Result};
 
@@ -774,8 +770,11 @@ impl<'a> Reader<'a> {
 
 /// A parsed GGUF file: header, metadata, tensor infos, and the raw bytes to dequantise from.
 ///
-/// The whole file is read into memory (memory mapping would need `unsafe`); tensors are
-/// dequantised on demand by [`GgufFile::tensor_f32`], or all at once by [`GgufFile::load_all`].
+/// [`GgufFile::open`] reads the whole file into memory (memory mapping would need `unsafe`);
+/// [`GgufFile::open_lazy`] keeps only the header and reads each tensor's bytes from the file when
+/// it is taken, so a loader copying tensors out never holds the raw file beside its copies.
+/// Tensors are dequantised on demand by [`GgufFile::tensor_f32`], or all at once by
+/// [`GgufFile::load_all`], or kept packed by [`GgufFile::tensor_packed`].
 ///
 /// ```no_run
 /// # fn main() -> spry::Result<()> {
@@ -788,7 +787,10 @@ impl<'a> Reader<'a> {
 /// ```
 pub struct GgufFile {
     path: PathBuf,
+    /// The whole file, or (lazy) only its header: `..data_start`.
     bytes: Vec<u8>,
+    /// Whether `bytes` holds the tensor data (else it is read from `path` on demand).
+    data_in_memory: bool,
     version: u32,
     alignment: usize,
     data_start: usize,
@@ -804,6 +806,7 @@ impl fmt::Debug for GgufFile {
             .field("path", &self.path)
             .field("version", &self.version)
             .field("bytes", &self.bytes.len())
+            .field("data_in_memory", &self.data_in_memory)
             .field("metadata", &self.metadata.len())
             .field("tensors", &self.tensors.len())
             .finish()
@@ -827,6 +830,39 @@ impl GgufFile {
             source,
         })?;
         Self::from_bytes(path, bytes)
+    }
+
+    /// Reads and parses a GGUF file like [`GgufFile::open`], then keeps only its header
+    /// (metadata and tensor infos) in memory: each tensor's bytes are read from the file when the
+    /// tensor is taken. The raw file is resident only while it is parsed, never beside the
+    /// tensors a loader copies out. The file must not change while the `GgufFile` is in use.
+    ///
+    /// # Errors
+    /// As [`GgufFile::open`]; taking a tensor later may also give [`Error::Io`].
+    pub fn open_lazy(path: impl AsRef<Path>) -> Result<Self> {
+        let mut file = Self::open(path)?;
+        file.bytes.truncate(file.data_start.min(file.bytes.len()));
+        file.bytes.shrink_to_fit();
+        file.data_in_memory = false;
+        Ok(file)
+    }
+
+    /// The `n_bytes` data bytes of tensor `info` (bounds checked at open): a slice of the file in
+    /// memory, or read from the file for a lazy one.
+    fn tensor_data(&self, info: &GgufTensorInfo, n_bytes: usize) -> Result<Cow<'_, [u8]>> {
+        let start = self.data_start + info.offset as usize;
+        if self.data_in_memory {
+            return Ok(Cow::Borrowed(&self.bytes[start..start + n_bytes]));
+        }
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut f = std::fs::File::open(&self.path).map_err(io)?;
+        f.seek(SeekFrom::Start(start as u64)).map_err(io)?;
+        let mut buf = vec![0u8; n_bytes];
+        f.read_exact(&mut buf).map_err(io)?;
+        Ok(Cow::Owned(buf))
     }
 
     /// Parses GGUF bytes already in memory; `path` only labels the errors.
@@ -986,6 +1022,7 @@ impl GgufFile {
         Ok(GgufFile {
             path,
             bytes,
+            data_in_memory: true,
             version,
             alignment,
             data_start,
@@ -1106,54 +1143,67 @@ impl GgufFile {
         }
         // Bounds were checked at open for every type with a known layout.
         let n_bytes = info.n_bytes.ok_or_else(unsupported)?;
-        let start = self.data_start + info.offset as usize;
-        let data = &self.bytes[start..start + n_bytes];
+        let data = self.tensor_data(info, n_bytes)?;
+        let data = &data[..];
         Ok(match info.ggml_type {
             GgmlType::F32 => decode::f32_le(data),
             GgmlType::F16 => decode::f16_le(data),
             GgmlType::BF16 => decode::bf16_le(data),
-            GgmlType::Q8_0 => dequantise_q8_0(data, info.n_elements),
-            GgmlType::Q4_0 => dequantise_q4_0(data, info.n_elements),
-            GgmlType::Q4_1 => dequantise_q4_1(data, info.n_elements),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let mut out = vec![0.0f32; info.n_elements];
+                match info.ggml_type {
+                    GgmlType::Q8_0 => decode::q8_0_into(data, &mut out),
+                    GgmlType::Q4_0 => decode::q4_0_into(data, &mut out),
+                    _ => decode::q4_1_into(data, &mut out),
+                }
+                out
+            }
             _ => return Err(unsupported()),
         })
     }
-}
 
-/// Q8_0: 34-byte blocks `{f16 d, i8 q[32]}`, `x = d·q`.
-fn dequantise_q8_0(data: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    for block in data.chunks_exact(34) {
-        let d = decode::f16_at(&block[0..2]);
-        out.extend(block[2..34].iter().map(|&q| f32::from(q as i8) * d));
+    /// The matrix `name` kept in its stored format (F16, BF16, Q8_0, Q4_0 or Q4_1): its bytes are
+    /// copied out of the file, nothing is widened. Every value is checked finite (one decoding
+    /// pass, no f32 copy of the whole matrix).
+    ///
+    /// # Shapes
+    /// - output: `[rows, cols]`, the file's dimensions reversed (`[out, in]` for a linear weight)
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`] if absent; [`Error::UnsupportedDtype`] naming the tensor and its
+    /// type if it is not one of the five packable types (F32 tensors are read with
+    /// [`GgufFile::tensor_f32`]); [`Error::TensorShape`] if it is not a matrix;
+    /// [`Error::NonFinite`] naming the tensor and the row-major index of its first NaN or ±∞.
+    pub fn tensor_packed(&self, name: &str) -> Result<PackedMatrix> {
+        let info = self.tensor_info(name)?;
+        let format =
+            PackedFormat::from_ggml(info.ggml_type).ok_or_else(|| Error::UnsupportedDtype {
+                path: self.path.clone(),
+                name: name.to_owned(),
+                dtype: format!("{} (not a packed format)", info.ggml_type),
+            })?;
+        let &[rows, cols] = info.shape.as_slice() else {
+            return Err(Error::TensorShape {
+                path: self.path.clone(),
+                name: name.to_owned(),
+                expected: vec![info.shape.iter().product(), 1],
+                got: info.shape.clone(),
+            });
+        };
+        // Bounds were checked at open.
+        let n_bytes = info.n_bytes.expect("packed formats have a known layout");
+        let bytes = self.tensor_data(info, n_bytes)?.into_owned();
+        let m = PackedMatrix::new(format, rows, cols, bytes)
+            .map_err(|e| format_error(&self.path, format!("tensor `{name}`: {e}")))?;
+        if let Some(index) = m.first_non_finite() {
+            return Err(Error::NonFinite {
+                path: self.path.clone(),
+                name: name.to_owned(),
+                index,
+            });
+        }
+        Ok(m)
     }
-    out
-}
-
-/// Q4_0: 18-byte blocks `{f16 d, u8 qs[16]}`, `x = d·(q − 8)`; low nibbles are elements 0..16,
-/// high nibbles 16..32.
-fn dequantise_q4_0(data: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    for block in data.chunks_exact(18) {
-        let d = decode::f16_at(&block[0..2]);
-        let qs = &block[2..18];
-        out.extend(qs.iter().map(|&b| f32::from((b & 0x0F) as i8 - 8) * d));
-        out.extend(qs.iter().map(|&b| f32::from((b >> 4) as i8 - 8) * d));
-    }
-    out
-}
-
-/// Q4_1: 20-byte blocks `{f16 d, f16 m, u8 qs[16]}`, `x = d·q + m`; nibble order as Q4_0.
-fn dequantise_q4_1(data: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    for block in data.chunks_exact(20) {
-        let d = decode::f16_at(&block[0..2]);
-        let m = decode::f16_at(&block[2..4]);
-        let qs = &block[4..20];
-        out.extend(qs.iter().map(|&b| f32::from(b & 0x0F) * d + m));
-        out.extend(qs.iter().map(|&b| f32::from(b >> 4) * d + m));
-    }
-    out
 }
 
 /// Undoes llama.cpp's per-head permutation of the q/k projection rows, giving the Hugging Face
@@ -1171,8 +1221,31 @@ fn dequantise_q4_1(data: &[u8], n: usize) -> Vec<f32> {
 /// [`Error::InvalidArgument`] if `n_heads` is zero or does not divide the row count into heads
 /// of even size.
 pub fn unpermute_rope_rows(w: Array2<f32>, n_heads: usize) -> Result<Array2<f32>> {
+    let order = rope_unpermute_order(w.nrows(), n_heads)?;
+    let mut out = Array2::zeros(w.dim());
+    for (dst, &src) in order.iter().enumerate() {
+        out.row_mut(dst).assign(&w.row(src));
+    }
+    Ok(out)
+}
+
+/// [`unpermute_rope_rows`] on a packed matrix: whole rows of blocks are moved (blocks run along
+/// the input dimension, so rows are independent), nothing is widened.
+///
+/// # Shapes
+/// - `w`: `[n_heads·head_dim, in]` with `head_dim` even; output: the same
+///
+/// # Errors
+/// As [`unpermute_rope_rows`].
+pub fn unpermute_rope_rows_packed(w: &PackedMatrix, n_heads: usize) -> Result<PackedMatrix> {
+    let order = rope_unpermute_order(w.rows(), n_heads)?;
+    Ok(w.select_rows(&order))
+}
+
+/// The source row of every output row of the q/k un-permutation: output row
+/// `h·hd + t·hd/2 + i` is input row `h·hd + 2i + t`.
+fn rope_unpermute_order(rows: usize, n_heads: usize) -> Result<Vec<usize>> {
     const OP: &str = "unpermute_rope_rows";
-    let (rows, cols) = w.dim();
     if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
         return Err(Error::invalid(
             OP,
@@ -1181,15 +1254,14 @@ pub fn unpermute_rope_rows(w: Array2<f32>, n_heads: usize) -> Result<Array2<f32>
     }
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
-    let mut out = Array2::zeros((rows, cols));
+    let mut order = vec![0; rows];
     for h in 0..n_heads {
         let base = h * head_dim;
         for i in 0..half {
             for t in 0..2 {
-                out.row_mut(base + t * half + i)
-                    .assign(&w.row(base + 2 * i + t));
+                order[base + t * half + i] = base + 2 * i + t;
             }
         }
     }
-    Ok(out)
+    Ok(order)
 }

@@ -114,7 +114,7 @@ pub fn cross_entropy_with_grad<F: Float>(
 }
 
 /// Checks the targets and returns the number of non-ignored ones.
-fn check_targets(
+pub(crate) fn check_targets(
     op: &'static str,
     n: usize,
     c: usize,

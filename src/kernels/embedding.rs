@@ -2,12 +2,14 @@
 //!
 //! - [`embedding`]: frozen table; the output tangent is the symbolic zero (ids carry no tangent).
 //! - [`embedding_dual`]: dual table; `ẏ[b, t] = Ė[ids[b, t]]`, the same gather on every direction.
+//! - [`embedding_frozen`]: frozen table that may be packed; only the rows looked up are widened.
 //!
 //! Position and token-type embeddings are the same lookup with position or segment ids; add the
 //! results with [`add`](super::add).
 
 use ndarray::{Array2, Array3, Array4, ArrayView2, Axis, Ix2, Ix3};
 
+use super::frozen::FrozenWeight;
 use crate::{Dual, Error, Float, Result};
 
 /// Embedding lookup in a frozen table: `y[b, t, :] = E[ids[b, t], :]`, `ẏ = 0` (symbolic zero).
@@ -28,6 +30,34 @@ pub fn embedding<F: Float>(
     // y[B·T, H] = E[ids]
     let y = gather_rows(ids, table);
     Ok(Dual::from_rows(&[bsz, t, table.ncols()], y, None))
+}
+
+/// Embedding lookup in a frozen table that may be packed: `y[b, t, :] = E[ids[b, t], :]`, `ẏ = 0`
+/// (symbolic zero). A dense table is [`embedding`]; a packed one widens only the rows looked up,
+/// straight into the output (the values [`FrozenWeight::to_dense`] would hold).
+///
+/// # Shapes
+/// - `ids`: `[B, T]`, `table`: `[vocab, H]`, output `[B, T, H]`
+///
+/// # Errors
+/// As [`embedding`].
+pub fn embedding_frozen<F: Float>(
+    ids: ArrayView2<'_, u32>,
+    table: &FrozenWeight<F>,
+) -> Result<Dual<F, Ix3>> {
+    const OP: &str = "embedding_frozen";
+    let (vocab, h) = table.dim();
+    if let FrozenWeight::Dense(t) = table {
+        return embedding(ids, t.view());
+    }
+    check_ids(OP, ids, vocab)?;
+    let (bsz, t) = ids.dim();
+    // y[B·T, H] = E[ids], one widened row each
+    let mut y = Array2::zeros((bsz * t, h));
+    for (mut row, &id) in y.rows_mut().into_iter().zip(ids.iter()) {
+        table.row_into(id as usize, row.as_slice_mut().expect("standard layout"));
+    }
+    Ok(Dual::from_rows(&[bsz, t, h], y, None))
 }
 
 /// Embedding lookup in a dual table: `y[b, t, :] = E[ids[b, t], :]`,

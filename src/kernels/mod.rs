@@ -13,9 +13,12 @@ mod check;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod frozen;
+pub mod frozen_linear;
 pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
+pub mod lm_head_loss;
 pub mod lora;
 pub mod pooling;
 pub mod rms_norm;
@@ -32,13 +35,18 @@ pub use cross_entropy::{
     cross_entropy_reference, cross_entropy_with_grad,
 };
 pub use elementwise::{add, add_into, add_reference};
-pub use embedding::{embedding, embedding_dual, embedding_dual_reference, embedding_reference};
+pub use embedding::{
+    embedding, embedding_dual, embedding_dual_reference, embedding_frozen, embedding_reference,
+};
+pub use frozen::FrozenWeight;
+pub use frozen_linear::{TILE_ROWS, frozen_linear, frozen_linear_reference};
 pub use layer_norm::{
     layer_norm, layer_norm_dual, layer_norm_dual_reference, layer_norm_reference,
 };
 pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
+pub use lm_head_loss::{VOCAB_TILE, lm_head_cross_entropy};
 pub use lora::{lora_linear, lora_linear_reference};
 pub use pooling::{first_token_pool, first_token_pool_reference, mean_pool, mean_pool_reference};
 pub use rms_norm::{rms_norm, rms_norm_dual, rms_norm_dual_reference, rms_norm_reference};

@@ -99,7 +99,7 @@ fn frozen<F: Float>(
 ) -> Result<FrozenLinear<F>> {
     Ok(FrozenLinear {
         path: path.to_string(),
-        weight: take2(src, &format!("{name_prefix}{path}.weight"), out, inp)?,
+        weight: take2(src, &format!("{name_prefix}{path}.weight"), out, inp)?.into(),
         bias: Some(take1(src, &format!("{name_prefix}{path}.bias"), out)?),
         adapter: None,
     })

@@ -8,17 +8,21 @@
 //! logits = RMS(x) · E_outᵀ          (E_out = E when the embeddings are tied)
 //! ```
 //! Weights use Hugging Face names and layouts (`model.layers.{l}.self_attn.q_proj.weight`,
-//! rotate-half RoPE); a GGUF source translates names and un-permutes q/k rows on loading.
+//! rotate-half RoPE); a GGUF source translates names and un-permutes q/k rows on loading. The
+//! frozen matrices (projections, embeddings, LM head) are [`FrozenWeight`]s: dense, or packed in
+//! the checkpoint's format and widened a tile at a time. The loss runs the LM head fused with the
+//! cross-entropy over vocabulary tiles ([`lm_head_cross_entropy`]), so the logits `[B·T, V]` are
+//! never held.
 //! LoRA targets match `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`.
 
-use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix3, s};
+use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix3};
 
 use super::bert::PEFT_PREFIX;
-use super::source::{WeightSource, take1, take2};
+use super::source::{WeightSource, take_frozen, take1};
 use crate::io::LlamaConfig;
 use crate::kernels::{
-    AttentionShape, CrossEntropy, RopeLayout, RopeTable, add, attention, cross_entropy, embedding,
-    linear, rms_norm, rope, swiglu,
+    AttentionShape, CrossEntropy, FrozenWeight, RopeLayout, RopeTable, add, attention,
+    embedding_frozen, frozen_linear, lm_head_cross_entropy, rms_norm, rope, swiglu,
 };
 use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
 use crate::{Dual, Error, Float, Result};
@@ -41,18 +45,25 @@ struct KvCache<F: Float> {
     v: Vec<Array3<F>>,
 }
 
-/// Rows of the final hidden state turned into logits at a time by the loss (bounds the logits
-/// buffer to `LOSS_CHUNK_ROWS × vocab`).
+/// The fewest rows of the final hidden state the loss multiplies by a vocabulary tile of the LM
+/// head at a time (see [`LOSS_PASS_ROWS`] and [`lm_head_cross_entropy`]).
 pub const LOSS_CHUNK_ROWS: usize = 64;
+
+/// Rows, primal and tangent together, the loss aims to multiply by each vocabulary tile of the
+/// LM head in one pass: a chunk holds `max(LOSS_CHUNK_ROWS, LOSS_PASS_ROWS / (1 + K))` hidden
+/// rows, so the logits buffer stays about `LOSS_PASS_ROWS × VOCAB_TILE` (4 MiB in f32) while the
+/// GEMMs are large enough to keep every core busy (at SmolLM2 sizes, K = 1, 1024-row chunks run
+/// the fused head 2.4× faster than 64-row ones; `examples/packed_ratio.rs`).
+pub const LOSS_PASS_ROWS: usize = 2048;
 
 /// A Llama causal language model with frozen weights and (optionally) LoRA slots.
 pub struct Llama<F: Float> {
     config: LlamaConfig,
     lora: LoraConfig,
-    embed: Array2<F>,
+    embed: FrozenWeight<F>,
     layers: Vec<Layer<F>>,
     norm: Array1<F>,
-    lm_head: Option<Array2<F>>,
+    lm_head: Option<FrozenWeight<F>>,
     rope: RopeTable<F>,
 }
 
@@ -64,7 +75,7 @@ fn proj<F: Float>(
     bias: bool,
 ) -> Result<FrozenLinear<F>> {
     Ok(FrozenLinear {
-        weight: take2(src, &format!("{path}.weight"), out, inp)?,
+        weight: take_frozen(src, &format!("{path}.weight"), out, inp)?,
         bias: if bias {
             Some(take1(src, &format!("{path}.bias"), out)?)
         } else {
@@ -77,7 +88,8 @@ fn proj<F: Float>(
 
 impl<F: Float> Llama<F> {
     /// Loads the model from a source with Hugging Face names, registering a LoRA adapter in
-    /// `trainable` for every targeted projection.
+    /// `trainable` for every targeted projection. Frozen matrices come as the source hands them
+    /// out ([`WeightSource::take_matrix`]): packed ones stay packed.
     ///
     /// Projection biases (`{path}.bias`) are loaded when `attention_bias` (q, k, v, o) or
     /// `mlp_bias` (gate, up, down) is set.
@@ -101,7 +113,7 @@ impl<F: Float> Llama<F> {
         );
         // Hugging Face: `attention_bias` gives q/k/v/o biases, `mlp_bias` gate/up/down biases
         let (ab, mb) = (config.attention_bias, config.mlp_bias);
-        let embed = take2(src, "model.embed_tokens.weight", config.vocab_size, h)?;
+        let embed = take_frozen(src, "model.embed_tokens.weight", config.vocab_size, h)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -133,7 +145,7 @@ impl<F: Float> Llama<F> {
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(take2(src, "lm_head.weight", config.vocab_size, h)?)
+            Some(take_frozen(src, "lm_head.weight", config.vocab_size, h)?)
         };
         let rope = RopeTable::new(hd, config.max_position_embeddings, config.rope_theta)?;
         Ok(Llama {
@@ -155,6 +167,28 @@ impl<F: Float> Llama<F> {
     /// The LoRA configuration.
     pub fn lora(&self) -> &LoraConfig {
         &self.lora
+    }
+
+    /// Bytes held by the frozen matrices (projections, embeddings, LM head) and the norm gains:
+    /// the resident size of the frozen model.
+    pub fn frozen_bytes(&self) -> usize {
+        let vec_bytes = |v: &Array1<F>| v.len() * size_of::<F>();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|p| p.weight.n_bytes() + p.bias.as_ref().map_or(0, vec_bytes))
+                    .sum::<usize>()
+                    + vec_bytes(&l.attn_norm)
+                    + vec_bytes(&l.ffn_norm)
+            })
+            .sum();
+        self.embed.n_bytes()
+            + self.lm_head.as_ref().map_or(0, FrozenWeight::n_bytes)
+            + vec_bytes(&self.norm)
+            + layers
     }
 
     fn linears_mut(&mut self) -> impl Iterator<Item = &mut FrozenLinear<F>> {
@@ -194,8 +228,8 @@ impl<F: Float> Llama<F> {
         crate::modules::linear::merge_all_adapters(self.linears_mut().collect(), trainable, &lora)
     }
 
-    fn head(&self) -> ArrayView2<'_, F> {
-        self.lm_head.as_ref().unwrap_or(&self.embed).view()
+    fn head(&self) -> &FrozenWeight<F> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     fn attention_shape(&self) -> AttentionShape {
@@ -225,7 +259,7 @@ impl<F: Float> Llama<F> {
         let offset = cache
             .as_ref()
             .map_or(0, |c| c.k.first().map_or(0, |k| k.shape()[1]));
-        let mut x = embedding(ids, self.embed.view())?;
+        let mut x = embedding_frozen(ids, &self.embed)?;
         for (l, layer) in self.layers.iter().enumerate() {
             // attention: x = x + O·Attn(RoPE(Qh), RoPE(Kh), Vh)
             let hn = rms_norm(&x, layer.attn_norm.view(), eps)?;
@@ -281,7 +315,8 @@ impl<F: Float> Llama<F> {
     ///
     /// `labels` follows Hugging Face: `[B, T]` aligned with `ids` (position t is predicted from
     /// positions ≤ t−1; the shift happens here), `-100` = ignored (padding, prompt tokens).
-    /// The logits are produced [`LOSS_CHUNK_ROWS`] rows at a time and never held in full.
+    /// The logits are never held: the LM head and the cross-entropy run fused over vocabulary
+    /// tiles, in chunks of rows sized by [`LOSS_PASS_ROWS`] ([`lm_head_cross_entropy`]).
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `labels` or `key_mask` is not `[B, T]`;
@@ -312,8 +347,7 @@ impl<F: Float> Llama<F> {
                 targets[bi * t + ti] = labels[[bi, ti + 1]];
             }
         }
-        let n_valid = targets.iter().filter(|&&y| y != -100).count();
-        if n_valid == 0 {
+        if targets.iter().all(|&y| y == -100) {
             return Err(Error::invalid(OP, "no valid next-token label in the batch"));
         }
         let h = self.config.hidden_size;
@@ -324,34 +358,9 @@ impl<F: Float> Llama<F> {
             t3.into_shape_with_order((k.unwrap_or(0), b * t, h))
                 .expect("contiguous")
         });
-        let mut loss_sum = F::zero();
-        let mut jvp_sum = k.map(Array1::<F>::zeros);
-        for start in (0..b * t).step_by(LOSS_CHUNK_ROWS) {
-            let end = (start + LOSS_CHUNK_ROWS).min(b * t);
-            let tg = &targets[start..end];
-            let valid = tg.iter().filter(|&&y| y != -100).count();
-            if valid == 0 {
-                continue;
-            }
-            let primal = hp.slice(s![start..end, ..]).to_owned();
-            let chunk = match &ht {
-                Some(t3) => Dual::new(primal, t3.slice(s![.., start..end, ..]).to_owned())?,
-                None => Dual::constant(primal),
-            };
-            let logits = linear(&chunk, self.head(), None)?;
-            let ce = cross_entropy(&logits, tg, -100)?;
-            let w = F::from_usize(valid);
-            loss_sum += ce.loss * w;
-            if let (Some(acc), Some(j)) = (jvp_sum.as_mut(), ce.jvp.as_ref()) {
-                acc.scaled_add(w, j);
-            }
-        }
-        let n = F::from_usize(n_valid);
-        Ok(CrossEntropy {
-            loss: loss_sum / n,
-            jvp: jvp_sum.map(|j| j.mapv(|v| v / n)),
-            n_valid,
-        })
+        let rows = Dual::with_tangent(hp, ht)?;
+        let chunk = (LOSS_PASS_ROWS / (1 + k.unwrap_or(0))).max(LOSS_CHUNK_ROWS);
+        lm_head_cross_entropy(&rows, self.head(), &targets, -100, chunk)
     }
 
     /// Logits of the last position of every sequence `[B, V]` (plain forward).
@@ -376,7 +385,7 @@ impl<F: Float> Llama<F> {
 
     fn logits_of_last(&self, hidden: &Array3<F>) -> Result<Array2<F>> {
         let last = hidden.index_axis(Axis(1), hidden.shape()[1] - 1).to_owned();
-        Ok(linear(&Dual::constant(last), self.head(), None)?.into_primal())
+        Ok(frozen_linear(&Dual::constant(last), self.head(), None)?.into_primal())
     }
 
     /// Greedy generation with a KV cache: feeds `prompt`, then appends the argmax token until

@@ -7,4 +7,4 @@ pub mod llama;
 pub mod pretrained;
 pub mod source;
 
-pub use source::WeightSource;
+pub use source::{WeightFormat, WeightSource};

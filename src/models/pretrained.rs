@@ -10,7 +10,7 @@ use ndarray::Array2;
 
 use super::bert::{Bert, BertBatch, BertClassifier};
 use super::llama::Llama;
-use super::source::GgufLlamaSource;
+use super::source::{GgufLlamaSource, WeightFormat};
 use crate::io::{ASSETS_ENV, BertConfig, GgufFile, LlamaConfig, assets_dir, load_safetensors};
 use crate::modules::{LoraConfig, Trainable, load_peft_adapter_for, read_peft_config};
 use crate::tokenizer::{TextTokenizer, TokenizerOptions, bpe_from_gguf_vocab};
@@ -150,8 +150,11 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<TextTokenizer> {
     }
 }
 
-/// Loads a Llama model from a GGUF file: config and tokenizer from its metadata, weights
-/// dequantised to f32 with q/k rows un-permuted for rotate-half RoPE.
+/// Loads a Llama model from a GGUF file: config and tokenizer from its metadata, frozen matrices
+/// kept in their stored format ([`WeightFormat::Stored`]: Q8_0/Q4_0/Q4_1/F16/BF16 stay packed and
+/// are widened a tile at a time), q/k rows un-permuted for rotate-half RoPE. The file is opened
+/// with [`GgufFile::open_lazy`]: its raw bytes are resident only while the header is parsed, and
+/// each tensor is read from disk as the model takes it.
 ///
 /// # Errors
 /// File, metadata, tensor and tokenizer errors, each naming the file.
@@ -160,11 +163,27 @@ pub fn load_llama_gguf(
     lora: &LoraConfig,
     seed: u64,
 ) -> Result<(Llama<f32>, Trainable<f32>, TextTokenizer)> {
-    let file = GgufFile::open(path)?;
+    load_llama_gguf_as(path, lora, seed, WeightFormat::Stored)
+}
+
+/// [`load_llama_gguf`] with the frozen matrices in `format`: [`WeightFormat::Dense`] dequantises
+/// every weight to f32 at load (about 5× the memory of a 4-bit file, the same function).
+///
+/// # Errors
+/// As [`load_llama_gguf`].
+pub fn load_llama_gguf_as(
+    path: &Path,
+    lora: &LoraConfig,
+    seed: u64,
+    format: WeightFormat,
+) -> Result<(Llama<f32>, Trainable<f32>, TextTokenizer)> {
+    // only the header stays resident: tensors are read from the file as they are taken
+    let file = GgufFile::open_lazy(path)?;
     let config = LlamaConfig::from_gguf(&file)?;
     let tokenizer = gguf_tokenizer(&file)?;
     let mut source =
-        GgufLlamaSource::new(file, config.num_attention_heads, config.num_key_value_heads);
+        GgufLlamaSource::new(file, config.num_attention_heads, config.num_key_value_heads)
+            .with_format(format);
     let mut trainable = Trainable::new();
     let model = Llama::load(&config, &mut source, lora, seed, &mut trainable)?;
     Ok((model, trainable, tokenizer))

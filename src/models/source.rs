@@ -3,6 +3,7 @@
 use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
 use std::any::Any;
 
+use crate::kernels::FrozenWeight;
 use crate::{Error, Float, Result};
 
 /// A checkpoint that hands out named f32 tensors of a known shape (safetensors, GGUF, or random
@@ -16,6 +17,48 @@ pub trait WeightSource {
 
     /// Whether the source holds `name`.
     fn has(&self, name: &str) -> bool;
+
+    /// Removes and returns the frozen matrix `name` `[rows, cols]`, packed in its stored format
+    /// when the source keeps one (a GGUF source, see [`WeightFormat`]); by default dense f32
+    /// from [`WeightSource::take`].
+    ///
+    /// # Errors
+    /// As [`WeightSource::take`].
+    fn take_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<FrozenWeight<f32>> {
+        let a = self.take(name, &[rows, cols])?;
+        let a = a
+            .into_dimensionality::<Ix2>()
+            .map_err(|_| Error::invalid("take_matrix", format!("`{name}` is not a matrix")))?;
+        Ok(FrozenWeight::Dense(a))
+    }
+}
+
+/// How a source hands out frozen matrices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// In the checkpoint's storage format where it is packed (f16, bf16, Q8_0, Q4_0, Q4_1),
+    /// widened a tile at a time by the kernels; f32 tensors stay dense.
+    #[default]
+    Stored,
+    /// Dense f32 (widened at load), the model's float type after the cast.
+    Dense,
+}
+
+/// Takes a frozen matrix `[rows, cols]` as [`WeightSource::take_matrix`] gives it: a packed
+/// matrix stays packed, a dense one is converted to `F`.
+///
+/// # Errors
+/// As [`WeightSource::take`].
+pub fn take_frozen<F: Float>(
+    src: &mut dyn WeightSource,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<FrozenWeight<F>> {
+    Ok(match src.take_matrix(name, rows, cols)? {
+        FrozenWeight::Dense(a) => FrozenWeight::Dense(cast_array(a)),
+        FrozenWeight::Packed(p) => FrozenWeight::Packed(p),
+    })
 }
 
 /// Converts an f32 array to `F`, moving it (no copy) when `F` is `f32`.
@@ -84,22 +127,37 @@ impl WeightSource for crate::io::Weights {
 
 /// A Llama checkpoint in GGUF form, read through Hugging Face names: `model.layers.{l}.self_attn.
 /// q_proj.weight` is GGUF's `blk.{l}.attn_q.weight` with its rows un-permuted from llama.cpp's
-/// interleaved-RoPE order back to the rotate-half order, and so on. Tensors are dequantised to
-/// f32 one at a time, as they are taken.
+/// interleaved-RoPE order back to the rotate-half order, and so on.
+///
+/// Matrices are handed out one at a time as they are taken: with [`WeightFormat::Stored`] (the
+/// default) a packed tensor's bytes are copied out as a [`PackedMatrix`](crate::io::PackedMatrix)
+/// (q/k rows un-permuted as whole rows of blocks), anything else is dequantised to f32. Open the
+/// file with [`GgufFile::open_lazy`](crate::io::GgufFile::open_lazy) (the one-call loaders do) so
+/// that the raw file is never resident beside the model's copies; a file opened whole keeps its
+/// bytes until the source is dropped.
 pub struct GgufLlamaSource {
     file: crate::io::GgufFile,
     n_heads: usize,
     n_kv_heads: usize,
+    format: WeightFormat,
 }
 
 impl GgufLlamaSource {
-    /// Wraps an opened GGUF file; head counts are needed to un-permute q and k.
+    /// Wraps an opened GGUF file; head counts are needed to un-permute q and k. Matrices are
+    /// handed out in [`WeightFormat::Stored`].
     pub fn new(file: crate::io::GgufFile, n_heads: usize, n_kv_heads: usize) -> Self {
         GgufLlamaSource {
             file,
             n_heads,
             n_kv_heads,
+            format: WeightFormat::default(),
         }
+    }
+
+    /// The same source handing out matrices in `format`.
+    pub fn with_format(mut self, format: WeightFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// The underlying file.
@@ -165,6 +223,34 @@ impl WeightSource for GgufLlamaSource {
     fn has(&self, name: &str) -> bool {
         self.gguf_name(name)
             .is_some_and(|(g, _)| self.file.tensor_info(&g).is_ok())
+    }
+
+    fn take_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<FrozenWeight<f32>> {
+        let path = self.file.path().to_path_buf();
+        let (gname, heads) = self.gguf_name(name).ok_or_else(|| Error::MissingTensor {
+            path: path.clone(),
+            name: name.to_string(),
+        })?;
+        let ty = self.file.tensor_info(&gname)?.ggml_type();
+        if self.format == WeightFormat::Dense || crate::io::PackedFormat::from_ggml(ty).is_none() {
+            let a = self.take(name, &[rows, cols])?;
+            return Ok(FrozenWeight::Dense(
+                a.into_dimensionality::<Ix2>().expect("checked 2-D shape"),
+            ));
+        }
+        let p = self.file.tensor_packed(&gname)?;
+        if p.dim() != (rows, cols) {
+            return Err(Error::TensorShape {
+                path,
+                name: gname,
+                expected: vec![rows, cols],
+                got: vec![p.rows(), p.cols()],
+            });
+        }
+        Ok(FrozenWeight::Packed(match heads {
+            Some(h) => crate::io::unpermute_rope_rows_packed(&p, h)?,
+            None => p,
+        }))
     }
 }
 

@@ -1,10 +1,11 @@
-//! A frozen linear layer that may carry a LoRA adapter.
+//! A frozen linear layer that may carry a LoRA adapter; its weight may be dense or packed
+//! ([`FrozenWeight`]).
 
-use ndarray::{Array, Array1, Array2, Dimension, Ix2};
+use ndarray::{Array, Array1, Array2, ArrayView, Dimension, Ix2};
 
 use super::lora::LoraConfig;
 use super::trainable::{Directions, Trainable, param_dual};
-use crate::kernels::{linear, lora_linear};
+use crate::kernels::{FrozenWeight, add_into, frozen_linear, linear_dual, lora_linear};
 use crate::rng::{Domain, KeyedRng};
 use crate::{Dual, Error, Float, Result};
 
@@ -31,12 +32,15 @@ pub struct DropoutKey {
 
 /// A linear layer `y = xWᵀ + b` with a frozen weight `[out, in]` (Hugging Face layout), optionally
 /// adapted by LoRA: `y = xWᵀ + b + s·(drop(x)Aᵀ)Bᵀ`.
+///
+/// The weight is dense in `F` or packed in its stored format (f16, bf16, Q8_0, Q4_0, Q4_1); a
+/// packed weight is widened a tile at a time by [`frozen_linear`] and never held whole.
 #[derive(Clone, Debug)]
 pub struct FrozenLinear<F: Float> {
     /// Dotted module path, e.g. `encoder.layer.0.attention.self.query`.
     pub path: String,
-    /// Weight `[out, in]`.
-    pub weight: Array2<F>,
+    /// Weight `[out, in]`, dense or packed.
+    pub weight: FrozenWeight<F>,
     /// Bias `[out]`.
     pub bias: Option<Array1<F>>,
     /// The LoRA adapter, if this module is targeted.
@@ -90,6 +94,12 @@ impl<F: Float> FrozenLinear<F> {
 
     /// Applies the layer (with its adapter, if any) to a dual activation.
     ///
+    /// A dense weight with an adapter goes through [`lora_linear`]. A packed weight gives the
+    /// base `x·Wᵀ + b` through [`frozen_linear`] (one widening per tile for the primal and all
+    /// tangents) plus the adapter branch `s·(x̃·Aᵀ)·Bᵀ` as two [`linear_dual`] products, whose
+    /// tangent is the same LoRA rule `s·[(x̃̇·Aᵀ + x̃·Ȧᵀ)·Bᵀ + (x̃·Aᵀ)·Ḃᵀ]` (equal to the dense path up
+    /// to f32 rounding: the rank-r sums run in another order).
+    ///
     /// # Shapes
     /// - `x`: `[.., in]` → `[.., out]`
     ///
@@ -103,8 +113,9 @@ impl<F: Float> FrozenLinear<F> {
         lora: &LoraConfig,
         dropout: Option<&DropoutKey>,
     ) -> Result<Dual<F, D>> {
+        let bias = self.bias.as_ref().map(|b| b.view());
         let Some(slot) = self.adapter else {
-            return linear(x, self.weight.view(), self.bias.as_ref().map(|b| b.view()));
+            return frozen_linear(x, &self.weight, bias);
         };
         let a = param_dual::<F, Ix2>(trainable, dirs, slot.a)?;
         let b = param_dual::<F, Ix2>(trainable, dirs, slot.b)?;
@@ -117,15 +128,23 @@ impl<F: Float> FrozenLinear<F> {
             )),
             _ => None,
         };
-        lora_linear(
-            x,
-            self.weight.view(),
-            self.bias.as_ref().map(|b| b.view()),
-            &a,
-            &b,
-            F::from_f64(lora.scale()),
-            mask.as_ref().map(|m| m.view()),
-        )
+        let scale = F::from_f64(lora.scale());
+        match &self.weight {
+            FrozenWeight::Dense(w) => lora_linear(
+                x,
+                w.view(),
+                bias,
+                &a,
+                &b,
+                scale,
+                mask.as_ref().map(|m| m.view()),
+            ),
+            FrozenWeight::Packed(_) => {
+                let base = frozen_linear(x, &self.weight, bias)?;
+                let branch = adapter_branch(x, &a, &b, scale, mask.as_ref().map(|m| m.view()))?;
+                add_into(base, &branch)
+            }
+        }
     }
 
     /// Checks that the adapter's tensors in `trainable` are matrices `A: [r, in]`, `B: [out, r]`
@@ -165,24 +184,29 @@ impl<F: Float> FrozenLinear<F> {
     /// then computes the adapted function without reading `trainable` (dropout aside, which
     /// inference does not use). A layer without an adapter is unchanged.
     ///
+    /// A packed weight is widened to a dense one first: `W + s·B·A` is not representable in the
+    /// block format without re-quantising, which would change the function. Only the layers that
+    /// carry an adapter grow (to `out·in` floats); the others stay packed.
+    ///
     /// # Errors
     /// As [`FrozenLinear::check_adapter`]; the layer is unchanged then.
     pub fn merge_adapter(&mut self, trainable: &Trainable<F>, lora: &LoraConfig) -> Result<()> {
         self.check_adapter(trainable, lora)?;
         if self.adapter.is_some() {
-            self.weight = self.merged_weight(trainable, lora);
+            self.weight = FrozenWeight::Dense(self.merged_weight(trainable, lora));
             self.adapter = None;
         }
         Ok(())
     }
 
-    /// The weight with the adapter merged in: `W + s·B·A` (for inference without the adapter).
+    /// The weight with the adapter merged in: `W + s·B·A` (for inference without the adapter), in
+    /// `F` (a packed weight is widened).
     ///
     /// # Shapes
     /// - `[out, in]`
     pub fn merged_weight(&self, trainable: &Trainable<F>, lora: &LoraConfig) -> Array2<F> {
         let Some(slot) = self.adapter else {
-            return self.weight.clone();
+            return self.weight.to_dense();
         };
         let view2 = |i: usize| {
             trainable
@@ -191,7 +215,7 @@ impl<F: Float> FrozenLinear<F> {
                 .into_dimensionality::<Ix2>()
                 .expect("adapters are matrices")
         };
-        let mut w = self.weight.clone();
+        let mut w = self.weight.to_dense();
         ndarray::linalg::general_mat_mul(
             F::from_f64(lora.scale()),
             &view2(slot.b),
@@ -201,6 +225,48 @@ impl<F: Float> FrozenLinear<F> {
         );
         w
     }
+}
+
+/// The LoRA branch `s·(x̃·Aᵀ)·Bᵀ`, `x̃ = x ⊙ mask`, as two dual products: `h = x̃·Aᵀ` then
+/// `s·h·Bᵀ`, so the tangent is `s·[(x̃̇·Aᵀ + x̃·Ȧᵀ)·Bᵀ + h·Ḃᵀ]` (the same mask on every direction).
+///
+/// # Shapes
+/// - `x`: `[.., in]`, `a`: `[r, in]`, `b`: `[out, r]`, `mask`: the shape of `x`; output `[.., out]`
+///
+/// # Errors
+/// Shape and tangent-count errors of [`linear_dual`].
+fn adapter_branch<F: Float, D: Dimension>(
+    x: &Dual<F, D>,
+    a: &Dual<F, Ix2>,
+    b: &Dual<F, Ix2>,
+    scale: F,
+    mask: Option<ArrayView<'_, F, D>>,
+) -> Result<Dual<F, D>> {
+    const OP: &str = "FrozenLinear::adapter_branch";
+    // x̃ = x ⊙ mask, ẋ̃_k = ẋ_k ⊙ mask
+    let masked = match mask {
+        Some(m) => {
+            if m.shape() != x.shape() {
+                return Err(Error::shape(OP, format!("{:?}", x.shape()), m.shape()));
+            }
+            let p = x.primal() * &m;
+            let t = x.tangent().map(|t| {
+                let mut t = t.clone();
+                for mut tk in t.outer_iter_mut() {
+                    tk.zip_mut_with(&m, |v, &mv| *v *= mv);
+                }
+                t
+            });
+            Some(Dual::with_tangent(p, t)?)
+        }
+        None => None,
+    };
+    let xd = masked.as_ref().unwrap_or(x);
+    // h = x̃·Aᵀ, ḣ = x̃̇·Aᵀ + x̃·Ȧᵀ
+    let h = linear_dual(xd, a, None)?;
+    // s·h·Bᵀ, tangent s·(ḣ·Bᵀ + h·Ḃᵀ)
+    let (y, ty) = linear_dual(&h, b, None)?.into_parts();
+    Dual::with_tangent(y * scale, ty.map(|t| t * scale))
 }
 
 /// An inverted-dropout mask shaped like the activation: entries 0 with probability `p`, else

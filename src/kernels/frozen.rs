@@ -1,0 +1,115 @@
+//! [`FrozenWeight`]: a frozen matrix either dense in `F` or packed in its stored format, read by
+//! the kernels one tile of rows at a time.
+//!
+//! A packed weight is never widened whole: [`FrozenWeight::tile`] widens rows `r0..r1` into a
+//! scratch buffer the caller reuses, and a dense weight hands out a view of the same rows, so a
+//! kernel written over tiles serves both.
+
+use std::ops::Range;
+
+use ndarray::{Array2, ArrayView2, s};
+
+use crate::Float;
+use crate::io::PackedMatrix;
+
+/// A frozen weight `[rows, cols]` (a linear weight `[out, in]`, an embedding table
+/// `[vocab, H]`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum FrozenWeight<F: Float> {
+    /// Dense, in the model's float type.
+    Dense(Array2<F>),
+    /// In its stored format (f16, bf16, Q8_0, Q4_0, Q4_1), widened a tile at a time.
+    Packed(PackedMatrix),
+}
+
+impl<F: Float> From<Array2<F>> for FrozenWeight<F> {
+    fn from(a: Array2<F>) -> Self {
+        FrozenWeight::Dense(a)
+    }
+}
+
+impl<F: Float> FrozenWeight<F> {
+    /// `(rows, cols)`.
+    pub fn dim(&self) -> (usize, usize) {
+        match self {
+            FrozenWeight::Dense(a) => a.dim(),
+            FrozenWeight::Packed(p) => p.dim(),
+        }
+    }
+
+    /// Number of rows.
+    pub fn nrows(&self) -> usize {
+        self.dim().0
+    }
+
+    /// Number of columns.
+    pub fn ncols(&self) -> usize {
+        self.dim().1
+    }
+
+    /// Whether the weight is kept packed.
+    pub fn is_packed(&self) -> bool {
+        matches!(self, FrozenWeight::Packed(_))
+    }
+
+    /// Bytes the weight occupies in memory (its elements or its stored blocks).
+    pub fn n_bytes(&self) -> usize {
+        match self {
+            FrozenWeight::Dense(a) => a.len() * size_of::<F>(),
+            FrozenWeight::Packed(p) => p.as_bytes().len(),
+        }
+    }
+
+    /// The storage, as a short name: `dense` or the packed format (`Q4_1`, ...).
+    pub fn format_name(&self) -> String {
+        match self {
+            FrozenWeight::Dense(_) => "dense".into(),
+            FrozenWeight::Packed(p) => p.format().to_string(),
+        }
+    }
+
+    /// The whole matrix in `F` (a copy; widens a packed weight).
+    ///
+    /// # Shapes
+    /// - output: `[rows, cols]`
+    pub fn to_dense(&self) -> Array2<F> {
+        match self {
+            FrozenWeight::Dense(a) => a.clone(),
+            FrozenWeight::Packed(p) => p.to_dense(),
+        }
+    }
+
+    /// Rows `rows` as a matrix: a view for a dense weight; for a packed one, the rows widened
+    /// into `scratch` (grown as needed, reused across calls) and viewed there.
+    ///
+    /// # Shapes
+    /// - output: `[rows.len(), cols]`
+    ///
+    /// # Panics
+    /// If `rows` runs past the last row.
+    pub fn tile<'a>(&'a self, rows: Range<usize>, scratch: &'a mut Vec<F>) -> ArrayView2<'a, F> {
+        match self {
+            FrozenWeight::Dense(a) => a.slice(s![rows, ..]),
+            FrozenWeight::Packed(p) => {
+                let (n, cols) = (rows.len(), p.cols());
+                if scratch.len() < n * cols {
+                    scratch.resize(n * cols, F::zero());
+                }
+                let buf = &mut scratch[..n * cols];
+                p.decode_rows(rows.start, buf);
+                ArrayView2::from_shape((n, cols), buf).expect("n·cols values")
+            }
+        }
+    }
+
+    /// Writes row `r` into `out` (`cols` values), widening it if packed.
+    ///
+    /// # Panics
+    /// If `r` is not a row or `out` does not hold `cols` values.
+    pub fn row_into(&self, r: usize, out: &mut [F]) {
+        match self {
+            FrozenWeight::Dense(a) => ndarray::ArrayViewMut1::from(out).assign(&a.row(r)),
+            FrozenWeight::Packed(p) => p.decode_rows(r, out),
+        }
+    }
+}

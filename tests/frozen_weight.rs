@@ -1,0 +1,368 @@
+//! Packed frozen weights (F16, BF16, Q8_0, Q4_0, Q4_1) against their widened dense twins, on
+//! random data and odd shapes (output counts that are not a multiple of the tile):
+//! - `frozen_linear` equals `linear` on the widened matrix **bit for bit** (tiles split the output
+//!   columns, never the inner dimension), primal and K tangents, in f32 and f64;
+//! - `embedding_frozen` equals `embedding` on the widened table bit for bit;
+//! - `lm_head_cross_entropy` equals `cross_entropy` of the full logits (f64: 1e-12 relative;
+//!   f32: 1e-5), for every chunk size, with ignored rows and a vocabulary that is not a multiple of
+//!   the tile;
+//! - a `FrozenLinear` with a packed weight and a LoRA adapter (with dropout) equals the dense
+//!   layer up to rounding, and merging its adapter widens it to the dense merged weight.
+
+use half::{bf16, f16};
+use ndarray::{Array, Array1, Array2, Array3, ArrayD, Ix2, IxDyn};
+use spry::io::{PackedFormat, PackedMatrix};
+use spry::kernels::{
+    FrozenWeight, TILE_ROWS, VOCAB_TILE, cross_entropy, embedding, embedding_frozen, frozen_linear,
+    frozen_linear_reference, linear, lm_head_cross_entropy,
+};
+use spry::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
+use spry::rng::{Domain, KeyedRng};
+use spry::{Dual, Error, Float};
+
+const FORMATS: [PackedFormat; 5] = [
+    PackedFormat::F16,
+    PackedFormat::BF16,
+    PackedFormat::Q8_0,
+    PackedFormat::Q4_0,
+    PackedFormat::Q4_1,
+];
+
+fn rng(seed: u64) -> KeyedRng {
+    KeyedRng::new(seed, Domain::Data, &[0xF0])
+}
+
+/// Random stored bytes of a `[rows, cols]` matrix: f16/bf16 values in ±2, block scales in
+/// ±0.1 (minimums in ±0.5), random quants.
+fn random_packed(format: PackedFormat, rows: usize, cols: usize, seed: u64) -> PackedMatrix {
+    let mut r = rng(seed);
+    let mut bytes = Vec::new();
+    let f16_bytes = |x: f64| f16::from_f64(x).to_bits().to_le_bytes();
+    match format {
+        PackedFormat::F16 => {
+            for _ in 0..rows * cols {
+                bytes.extend(f16_bytes(r.uniform_in(-2.0, 2.0)));
+            }
+        }
+        PackedFormat::BF16 => {
+            for _ in 0..rows * cols {
+                bytes.extend(
+                    bf16::from_f64(r.uniform_in(-2.0, 2.0))
+                        .to_bits()
+                        .to_le_bytes(),
+                );
+            }
+        }
+        _ => {
+            let (block, block_bytes) = format.block_layout();
+            for _ in 0..rows * cols / block {
+                bytes.extend(f16_bytes(r.uniform_in(-0.1, 0.1)));
+                let mut rest = block_bytes - 2;
+                if format == PackedFormat::Q4_1 {
+                    bytes.extend(f16_bytes(r.uniform_in(-0.5, 0.5)));
+                    rest -= 2;
+                }
+                bytes.extend((0..rest).map(|_| r.below(256) as u8));
+            }
+        }
+    }
+    PackedMatrix::new(format, rows, cols, bytes).unwrap()
+}
+
+fn random_array<F: Float>(shape: &[usize], seed: u64) -> ArrayD<F> {
+    let mut r = rng(seed);
+    let mut a = ArrayD::<F>::zeros(IxDyn(shape));
+    r.fill_normal(a.as_slice_mut().unwrap());
+    a
+}
+
+/// A dual `[2, 5, cols]` input with K tangents (or none).
+fn random_x<F: Float>(cols: usize, k: Option<usize>, seed: u64) -> Dual<F, ndarray::Ix3> {
+    let p = random_array::<F>(&[2, 5, cols], seed)
+        .into_dimensionality()
+        .unwrap();
+    let t = k.map(|k| {
+        random_array::<F>(&[k, 2, 5, cols], seed + 1)
+            .into_dimensionality()
+            .unwrap()
+    });
+    Dual::with_tangent(p, t).unwrap()
+}
+
+fn assert_bitwise<F: Float, D: ndarray::Dimension>(a: &Array<F, D>, b: &Array<F, D>, what: &str) {
+    assert_eq!(a.shape(), b.shape(), "{what}: shapes");
+    for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+        assert!(
+            x.as_f64().to_bits() == y.as_f64().to_bits(),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
+fn check_linear_bitwise<F: Float>(format: PackedFormat) {
+    // 300 rows: two full tiles and a partial one; 5 rows: one partial tile
+    for (rows, cols) in [(2 * TILE_ROWS + 44, 96), (5, 64), (TILE_ROWS, 32)] {
+        let p = random_packed(format, rows, cols, rows as u64);
+        let w = FrozenWeight::<F>::Packed(p.clone());
+        assert_eq!(w.dim(), (rows, cols));
+        let dense = p.to_dense::<F>();
+        let bias: Array1<F> = random_array::<F>(&[rows], 7).into_dimensionality().unwrap();
+        for k in [None, Some(1), Some(3)] {
+            let x = random_x::<F>(cols, k, 11);
+            for b in [None, Some(bias.view())] {
+                let got = frozen_linear(&x, &w, b).unwrap();
+                let want = linear(&x, dense.view(), b).unwrap();
+                let what = format!("{format} [{rows}, {cols}] K={k:?} bias={}", b.is_some());
+                assert_bitwise(got.primal(), want.primal(), &what);
+                assert_eq!(got.k(), want.k());
+                if let (Some(g), Some(w)) = (got.tangent(), want.tangent()) {
+                    assert_bitwise(g, w, &format!("{what} tangent"));
+                }
+                let reference = frozen_linear_reference(&x, &w, b).unwrap();
+                assert_eq!(reference, want);
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_linear_equals_dense_linear_bitwise_f32() {
+    for format in FORMATS {
+        check_linear_bitwise::<f32>(format);
+    }
+}
+
+#[test]
+fn packed_linear_equals_dense_linear_bitwise_f64() {
+    for format in FORMATS {
+        check_linear_bitwise::<f64>(format);
+    }
+}
+
+#[test]
+fn packed_linear_checks_shapes() {
+    let w = FrozenWeight::<f32>::Packed(random_packed(PackedFormat::Q8_0, 10, 64, 1));
+    let x = random_x::<f32>(32, Some(1), 2);
+    assert!(matches!(
+        frozen_linear(&x, &w, None),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let x = random_x::<f32>(64, None, 2);
+    let b = Array1::<f32>::zeros(9);
+    assert!(matches!(
+        frozen_linear(&x, &w, Some(b.view())),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn packed_matrix_rejects_bad_sizes_and_selects_rows() {
+    assert!(matches!(
+        PackedMatrix::new(PackedFormat::Q4_0, 2, 48, vec![0; 36]),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        PackedMatrix::new(PackedFormat::Q4_0, 2, 32, vec![0; 35]),
+        Err(Error::InvalidArgument { .. })
+    ));
+    for format in FORMATS {
+        let p = random_packed(format, 6, 64, 3);
+        assert_eq!(p.as_bytes().len(), 6 * p.row_bytes());
+        let order = [5, 0, 3, 3];
+        let sel = p.select_rows(&order).to_dense::<f32>();
+        let dense = p.to_dense::<f32>();
+        for (i, &r) in order.iter().enumerate() {
+            assert_eq!(sel.row(i), dense.row(r));
+        }
+        assert_eq!(p.first_non_finite(), None);
+    }
+    // an f16 infinity at [1, 2]
+    let mut bytes = vec![0u8; 2 * 4 * 2];
+    bytes[(4 + 2) * 2..(4 + 2) * 2 + 2].copy_from_slice(&f16::INFINITY.to_bits().to_le_bytes());
+    let p = PackedMatrix::new(PackedFormat::F16, 2, 4, bytes).unwrap();
+    assert_eq!(p.first_non_finite(), Some(6));
+}
+
+#[test]
+fn packed_embedding_equals_dense_embedding_bitwise() {
+    for format in FORMATS {
+        let p = random_packed(format, 37, 64, 5);
+        let dense = p.to_dense::<f32>();
+        let ids = Array2::from_shape_fn((3, 4), |(b, t)| ((b * 13 + t * 7) % 37) as u32);
+        let got = embedding_frozen(ids.view(), &FrozenWeight::Packed(p.clone())).unwrap();
+        let want = embedding(ids.view(), dense.view()).unwrap();
+        assert_bitwise(got.primal(), want.primal(), &format!("{format} embedding"));
+        assert!(got.is_constant());
+        let bad = Array2::from_elem((1, 1), 37u32);
+        assert!(matches!(
+            embedding_frozen(bad.view(), &FrozenWeight::<f32>::Packed(p)),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+}
+
+/// `cross_entropy(h·Eᵀ)` on the full logits.
+fn full_ce<F: Float>(
+    h: &Dual<F, Ix2>,
+    e: &Array2<F>,
+    targets: &[i64],
+) -> spry::kernels::CrossEntropy<F> {
+    let logits = linear(h, e.view(), None).unwrap();
+    cross_entropy(&logits, targets, -100).unwrap()
+}
+
+fn check_lm_head<F: Float>(tol: f64) {
+    let (n, hdim, vocab) = (23, 64, VOCAB_TILE * 2 + 77);
+    let mut targets: Vec<i64> = (0..n).map(|i| ((i * 977) % vocab) as i64).collect();
+    for i in [0, 5, 6, 22] {
+        targets[i] = -100;
+    }
+    let hp: Array2<F> = random_array::<F>(&[n, hdim], 21)
+        .into_dimensionality()
+        .unwrap();
+    let ht: Array3<F> = random_array::<F>(&[3, n, hdim], 22)
+        .into_dimensionality()
+        .unwrap();
+    let p = random_packed(PackedFormat::Q4_1, vocab, hdim, 23);
+    let dense = p.to_dense::<F>();
+    for tangent in [false, true] {
+        let h = Dual::with_tangent(hp.clone(), tangent.then(|| ht.clone())).unwrap();
+        let want = full_ce(&h, &dense, &targets);
+        for head in [
+            FrozenWeight::Packed(p.clone()),
+            FrozenWeight::Dense(dense.clone()),
+        ] {
+            for chunk in [1, 3, 64] {
+                let got = lm_head_cross_entropy(&h, &head, &targets, -100, chunk).unwrap();
+                let what = format!("{} chunk {chunk} tangent {tangent}", head.format_name());
+                assert_eq!(got.n_valid, n - 4, "{what}");
+                let close =
+                    |a: F, b: F| (a.as_f64() - b.as_f64()).abs() <= tol * b.as_f64().abs().max(1.0);
+                assert!(
+                    close(got.loss, want.loss),
+                    "{what}: {} vs {}",
+                    got.loss,
+                    want.loss
+                );
+                match (&got.jvp, &want.jvp) {
+                    (Some(g), Some(w)) => {
+                        for (a, b) in g.iter().zip(w) {
+                            assert!(close(*a, *b), "{what}: jvp {a} vs {b}");
+                        }
+                    }
+                    (None, None) => {}
+                    _ => panic!("{what}: jvp presence differs"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lm_head_loss_equals_full_logits_cross_entropy_f64() {
+    check_lm_head::<f64>(1e-12);
+}
+
+#[test]
+fn lm_head_loss_equals_full_logits_cross_entropy_f32() {
+    check_lm_head::<f32>(1e-5);
+}
+
+#[test]
+fn lm_head_loss_errors() {
+    let h = Dual::constant(Array2::<f32>::zeros((2, 32)));
+    let head = FrozenWeight::<f32>::Packed(random_packed(PackedFormat::Q8_0, 10, 32, 1));
+    let e = |r: spry::Result<_>| r.map(|_: spry::kernels::CrossEntropy<f32>| ()).unwrap_err();
+    assert!(matches!(
+        e(lm_head_cross_entropy(&h, &head, &[1, 2], -100, 0)),
+        Error::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        e(lm_head_cross_entropy(&h, &head, &[-100, -100], -100, 4)),
+        Error::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        e(lm_head_cross_entropy(&h, &head, &[10, 1], -100, 4)),
+        Error::InvalidArgument { .. }
+    ));
+    assert!(matches!(
+        e(lm_head_cross_entropy(&h, &head, &[1], -100, 4)),
+        Error::ShapeMismatch { .. }
+    ));
+    let wide = Dual::constant(Array2::<f32>::zeros((2, 64)));
+    assert!(matches!(
+        e(lm_head_cross_entropy(&wide, &head, &[1, 2], -100, 4)),
+        Error::ShapeMismatch { .. }
+    ));
+}
+
+/// A packed-weight layer with a LoRA adapter (non-zero B, dropout) against the same layer with
+/// the widened weight: equal up to f32 rounding; merging widens the packed weight.
+#[test]
+fn packed_lora_layer_equals_dense_lora_layer_and_merges() {
+    let (out, inp) = (TILE_ROWS + 3, 64);
+    let p = random_packed(PackedFormat::Q4_0, out, inp, 31);
+    let lora = LoraConfig::new(2, 4.0, 0.25, &["proj"]);
+    let mut trainable = Trainable::<f32>::new();
+    let mut packed = FrozenLinear {
+        path: "layer.proj".into(),
+        weight: FrozenWeight::Packed(p.clone()),
+        bias: Some(Array1::from_shape_fn(out, |i| i as f32 * 0.01)),
+        adapter: None,
+    };
+    packed.attach_lora(&lora, "", 3, &mut trainable).unwrap();
+    let slot = packed.adapter.unwrap();
+    // B = 0 at init: give it values so every term of the branch is live
+    let b = random_array::<f32>(&[out, 2], 41);
+    trainable.set_value(slot.b, b).unwrap();
+    let mut dense = packed.clone();
+    dense.weight = FrozenWeight::Dense(p.to_dense());
+    let all: Vec<usize> = (0..trainable.len()).collect();
+    let dirs = Directions::new(
+        &trainable,
+        2,
+        all.iter()
+            .map(|&i| {
+                let mut s = vec![2];
+                s.extend_from_slice(trainable.value(i).shape());
+                Some(random_array::<f32>(&s, 50 + i as u64))
+            })
+            .collect(),
+    )
+    .unwrap();
+    let key = DropoutKey {
+        seed: 9,
+        parts: vec![1, 2],
+    };
+    for x in [
+        random_x::<f32>(inp, None, 61),
+        random_x::<f32>(inp, Some(2), 62),
+    ] {
+        for dropout in [None, Some(&key)] {
+            let got = packed
+                .forward(&x, &trainable, &dirs, &lora, dropout)
+                .unwrap();
+            let want = dense
+                .forward(&x, &trainable, &dirs, &lora, dropout)
+                .unwrap();
+            let close = |a: &ArrayD<f32>, b: &ArrayD<f32>| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0))
+            };
+            assert!(close(
+                &got.primal().clone().into_dyn(),
+                &want.primal().clone().into_dyn()
+            ));
+            let (gt, wt) = (got.tangent().unwrap(), want.tangent().unwrap());
+            assert!(close(&gt.clone().into_dyn(), &wt.clone().into_dyn()));
+        }
+    }
+    let merged = dense.merged_weight(&trainable, &lora);
+    packed.merge_adapter(&trainable, &lora).unwrap();
+    assert!(packed.adapter.is_none());
+    match &packed.weight {
+        FrozenWeight::Dense(w) => assert_eq!(w, &merged),
+        FrozenWeight::Packed(_) => panic!("merging must widen the packed weight"),
+    }
+}
