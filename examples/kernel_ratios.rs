@@ -5,8 +5,9 @@
 //! - `jvp/K / fwd`: the whole JVP call (primal included) divided by K, over the forward;
 //! - `(jvp - fwd)/K / fwd`: the marginal cost of one more direction, over the forward.
 //!
-//! It first prints the peak memory one attention JVP adds above its inputs at a long sequence
-//! (MiniLM heads, B = 8, T = `--memory-seq`).
+//! It first prints the peak memory one attention call adds above its inputs at a long sequence
+//! (MiniLM heads, B = 8, T = `--memory-seq`), each measured in a fresh child process so that no
+//! memory freed by an earlier measurement is reused.
 //!
 //! Run: `cargo run --release --example kernel_ratios [-- --reps 9 --json --filter attention]`
 
@@ -30,6 +31,9 @@ struct Args {
     /// Sequence length of the attention memory measurement (0 = skip it).
     #[arg(long, default_value_t = 512)]
     memory_seq: usize,
+    /// Internal: measure the attention memory for this K (0 = forward) and exit.
+    #[arg(long, hide = true)]
+    memory_child: Option<usize>,
 }
 
 /// Prints the peak resident memory one attention call (MiniLM heads, batch 8, sequence `seq`)
@@ -48,20 +52,31 @@ fn attention_memory(seq: usize, k: Option<usize>) {
         / (1024.0 * 1024.0);
     println!(
         "attention memory (B={}, T={seq}, {} heads of {}, {}): peak +{:.1} MiB above the inputs, \
-         of which the output {out_mib:.1} MiB",
+         of which the output {out_mib:.1} MiB, working memory {:.1} MiB",
         cases::BATCH,
         x.shape.n_heads,
         x.shape.head_dim,
         k.map_or("forward".to_string(), |k| format!("JVP K={k}")),
-        peak - before
+        peak - before,
+        peak - before - out_mib
     );
 }
 
 fn main() {
     let args = Args::parse();
+    if let Some(k) = args.memory_child {
+        attention_memory(args.memory_seq, (k > 0).then_some(k));
+        return;
+    }
     if args.memory_seq > 0 {
-        for k in [None, Some(1), Some(16)] {
-            attention_memory(args.memory_seq, k);
+        let exe = std::env::current_exe().expect("own path");
+        for k in [0, 1, 16] {
+            let child = std::process::Command::new(&exe)
+                .args(["--memory-seq", &args.memory_seq.to_string()])
+                .args(["--memory-child", &k.to_string()])
+                .output()
+                .expect("run the memory measurement");
+            print!("{}", String::from_utf8_lossy(&child.stdout));
         }
     }
     let ks = [1usize, 4, 16];
