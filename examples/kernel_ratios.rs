@@ -5,7 +5,11 @@
 //! - `jvp/K / fwd`: the whole JVP call (primal included) divided by K, over the forward;
 //! - `(jvp - fwd)/K / fwd`: the marginal cost of one more direction, over the forward.
 //!
-//! Run: `cargo run --release --example kernel_ratios [-- --reps 9 --json]`
+//! It first prints the peak memory one attention call adds above its inputs at a long sequence
+//! (MiniLM heads, B = 8, T = `--memory-seq`), each measured in a fresh child process so that no
+//! memory freed by an earlier measurement is reused.
+//!
+//! Run: `cargo run --release --example kernel_ratios [-- --reps 9 --json --filter attention]`
 
 use clap::Parser;
 
@@ -21,10 +25,60 @@ struct Args {
     /// Also print one JSON line per kernel.
     #[arg(long)]
     json: bool,
+    /// Only the kernels whose name contains this text.
+    #[arg(long, default_value = "")]
+    filter: String,
+    /// Sequence length of the attention memory measurement (0 = skip it).
+    #[arg(long, default_value_t = 512)]
+    memory_seq: usize,
+    /// Internal: measure the attention memory for this K (0 = forward) and exit.
+    #[arg(long, hide = true)]
+    memory_child: Option<usize>,
+}
+
+/// Prints the peak resident memory one attention call (MiniLM heads, batch 8, sequence `seq`)
+/// adds above its inputs, and how much of it is the output itself.
+fn attention_memory(seq: usize, k: Option<usize>) {
+    let x = cases::AttentionInputs::new(seq, k, false);
+    let before = spry::metrics::current_rss_mib().unwrap_or(0.0);
+    if !spry::metrics::reset_peak_rss() {
+        println!("attention memory: peak RSS reset unsupported here");
+        return;
+    }
+    let y = x.run();
+    let peak = spry::metrics::peak_rss_mib().unwrap_or(0.0);
+    let out_mib = (y.primal().len() + y.tangent().map_or(0, |t| t.len())) as f64
+        * std::mem::size_of::<f32>() as f64
+        / (1024.0 * 1024.0);
+    println!(
+        "attention memory (B={}, T={seq}, {} heads of {}, {}): peak +{:.1} MiB above the inputs, \
+         of which the output {out_mib:.1} MiB, working memory {:.1} MiB",
+        cases::BATCH,
+        x.shape.n_heads,
+        x.shape.head_dim,
+        k.map_or("forward".to_string(), |k| format!("JVP K={k}")),
+        peak - before,
+        peak - before - out_mib
+    );
 }
 
 fn main() {
     let args = Args::parse();
+    if let Some(k) = args.memory_child {
+        attention_memory(args.memory_seq, (k > 0).then_some(k));
+        return;
+    }
+    if args.memory_seq > 0 {
+        let exe = std::env::current_exe().expect("own path");
+        for k in [0, 1, 16] {
+            let child = std::process::Command::new(&exe)
+                .args(["--memory-seq", &args.memory_seq.to_string()])
+                .args(["--memory-child", &k.to_string()])
+                .output()
+                .expect("run the memory measurement");
+            print!("{}", String::from_utf8_lossy(&child.stdout));
+        }
+    }
     let ks = [1usize, 4, 16];
     println!(
         "{:<30} {:>9} {}",
@@ -35,7 +89,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    for case in cases::all() {
+    for case in cases::all()
+        .into_iter()
+        .filter(|c| c.name.contains(&args.filter))
+    {
         let mut fwd = (case.prepare)(None);
         let t_fwd = spry::metrics::median_time(2, args.reps, &mut fwd).as_secs_f64();
         drop(fwd);

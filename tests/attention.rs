@@ -1,14 +1,18 @@
 //! Multi-head attention: finite differences with all three operands dual, linearity, K stacking,
 //! primal equality, symbolic zeros (every subset of dual operands), the reference twin, GQA
 //! against repeated kv heads, padding and causal masks against attention over the allowed keys
-//! only, the KV-cache case S > T, fully masked rows, K = 1 and 32, f32, typed errors.
+//! only, the KV-cache case S > T, fully masked rows, K = 1 and 32, f32, typed errors; and for the
+//! streaming kernel: shapes spanning several query and key blocks (T and S not multiples of the
+//! block size, T = 1, whole padded key blocks), a long sequence (T = 300), and bitwise equality
+//! across thread counts.
 
 mod common;
 
 use common::*;
 use ndarray::{Array2, Array3, Ix3, s};
 use proptest::prelude::*;
-use spry::kernels::{AttentionShape, attention, attention_reference};
+use proptest::test_runner::TestCaseError;
+use spry::kernels::{AttentionShape, attention, attention_reference, attention_with_threads};
 use spry::{Dual, Error};
 
 /// Random case: q `[b, t, h·d]`, k and v `[b, s, hkv·d]`, an optional key mask `[b, s]`, and K
@@ -140,6 +144,101 @@ fn case() -> impl Strategy<Value = Case> {
 /// Which of q, k, v are dual: every subset.
 fn subset() -> impl Strategy<Value = [bool; 3]> {
     (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c)| [a, b, c])
+}
+
+/// `n` deterministic values in `[-2, 2)` from `seed` (large cases: cheaper than proptest values).
+fn seeded(n: usize, seed: u64) -> Vec<f64> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// A key mask `[b, s]` of one of four kinds: none; random (80% allowed); right padding with a
+/// random length per batch element (0 included); whole 128-key blocks (the kernel's key block)
+/// padded in turn.
+fn mask_of_kind(kind: u8, b: usize, s: usize, seed: u64) -> Option<Vec<bool>> {
+    let r = seeded(b * s + b, seed);
+    match kind {
+        0 => None,
+        1 => Some(r[..b * s].iter().map(|&x| x < 0.8).collect()),
+        2 => Some(
+            (0..b * s)
+                .map(|i| {
+                    let len = ((r[b * s + i / s] + 2.0) / 4.0 * (s + 1) as f64) as usize;
+                    i % s < len
+                })
+                .collect(),
+        ),
+        _ => Some(
+            (0..b * s)
+                .map(|i| (i % s / 128 + i / s).is_multiple_of(2))
+                .collect(),
+        ),
+    }
+}
+
+/// Random case spanning several query and key blocks (of 128): T and S up to 300 and 400, not
+/// multiples of the block size, T = 1 often; any mask kind, causal or not, K = 1, 2 or 32 (with
+/// K = 32, T ≤ 40 and S ≤ 260 to keep the reference affordable).
+fn long_case() -> impl Strategy<Value = Case> {
+    (
+        1usize..3,
+        prop_oneof![Just(1usize), 1usize..300],
+        1usize..400,
+        0..HEADS.len(),
+        1usize..9,
+        any::<bool>(),
+        prop_oneof![Just(1usize), Just(2), Just(32)],
+        0u8..4,
+        any::<u64>(),
+    )
+        .prop_map(|(b, t, s, hi, d, causal, k, mask_kind, seed)| {
+            let (t, s) = if k == 32 {
+                (t.min(40), s.min(260))
+            } else {
+                (t, s)
+            };
+            let (h, hkv) = HEADS[hi];
+            let n = b * t * h * d + 2 * b * s * hkv * d;
+            Case {
+                b,
+                t,
+                s,
+                shape: AttentionShape {
+                    n_heads: h,
+                    n_kv_heads: hkv,
+                    head_dim: d,
+                    causal,
+                },
+                mask: mask_of_kind(mask_kind, b, s, seed ^ 1),
+                k,
+                theta: seeded(n, seed),
+                dirs: seeded(k * n, seed ^ 2),
+            }
+        })
+}
+
+/// Fast against reference for one case and one subset of dual operands, within `tol`.
+fn check_against_reference(c: &Case, ops: [bool; 3], tol: f64) -> Result<(), TestCaseError> {
+    let [q, kk, v] = c.duals(&c.theta, c.k, &c.dirs, ops);
+    let mask = c.mask();
+    let mask = mask.as_ref().map(|m| m.view());
+    let fast = attention(&q, &kk, &v, mask, &c.shape).unwrap();
+    let slow = attention_reference(&q, &kk, &v, mask, &c.shape).unwrap();
+    assert_close(&flat(fast.primal()), &flat(slow.primal()), tol, "primal")?;
+    prop_assert_eq!(fast.is_constant(), ops == [false; 3]);
+    assert_close(
+        &tangent_or_zeros(&fast, c.k),
+        &tangent_or_zeros(&slow, c.k),
+        tol,
+        "tangent",
+    )
 }
 
 /// Attention of one batch element's query rows `rows` against the keys `keys` only (no mask,
@@ -348,6 +447,41 @@ proptest! {
         let y64 = attention(&back(&q32), &back(&k32), &back(&v32), mask, &c.shape).unwrap();
         assert_close(&flat_f32(y32.primal()), &flat(y64.primal()), 1e-5, "f32 primal")?;
         assert_close(&flat_f32(y32.tangent().unwrap()), &flat(y64.tangent().unwrap()), 1e-5, "f32 tangent")?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn multi_block_matches_reference_for_every_subset_of_dual_operands(c in long_case(), ops in subset()) {
+        check_against_reference(&c, ops, EXACT_TOL)?;
+    }
+
+    #[test]
+    fn multi_block_matches_finite_differences(c in long_case()) {
+        let y = c.run(c.k, &c.dirs, [true; 3]);
+        let t = tangent_or_zeros(&y, c.k);
+        let n = c.n_params();
+        let kk = c.k - 1;
+        let fd = fd_jvp(|x| c.f(x), &c.theta, direction(&c.dirs, n, kk));
+        assert_close(direction(&t, c.n_out(), kk), &fd, FD_TOL, "jvp vs fd")?;
+    }
+
+    #[test]
+    fn multi_block_k_stacked_equals_k_single_runs(c in long_case(), ops in subset()) {
+        let n = c.n_params();
+        let stacked = tangent_or_zeros(&c.run(c.k, &c.dirs, ops), c.k);
+        for kk in [0, c.k / 2, c.k - 1] {
+            let single = tangent_or_zeros(&c.run(1, direction(&c.dirs, n, kk), ops), 1);
+            assert_close(direction(&stacked, c.n_out(), kk), &single, EXACT_TOL, "stacked vs single")?;
+        }
+    }
+
+    #[test]
+    fn multi_block_primal_equals_plain_forward_bitwise(c in long_case(), ops in subset()) {
+        let y = c.run(c.k, &c.dirs, ops);
+        prop_assert_eq!(flat(y.primal()), c.f(&c.theta));
     }
 }
 
@@ -593,4 +727,108 @@ fn shape_errors_are_typed() {
             rhs: 3
         })
     ));
+}
+
+/// A long causal GQA case (T = 300 new queries against S = 320 keys, i.e. a 20-key cache) with
+/// right padding in batch element 1 and a fully padded 128-key block in batch element 0.
+fn long_fixed_case(k: usize) -> Case {
+    let (b, t, s) = (2, 300, 320);
+    let mut c = fixed_case(b, t, s, 4, 2, 8, true, k);
+    let n = c.n_params();
+    c.theta = seeded(n, 7);
+    c.dirs = seeded(k * n, 8);
+    c.mask = Some(
+        (0..b * s)
+            .map(|i| {
+                let (bi, j) = (i / s, i % s);
+                if bi == 0 {
+                    !(128..192).contains(&j)
+                } else {
+                    j < 250
+                }
+            })
+            .collect(),
+    );
+    c
+}
+
+#[test]
+fn long_sequence_matches_reference() {
+    let c = long_fixed_case(3);
+    for ops in [
+        [true; 3],
+        [true, false, true],
+        [false, true, false],
+        [false, false, true],
+    ] {
+        check_against_reference(&c, ops, EXACT_TOL).unwrap();
+    }
+    // padded query rows of batch 1 still see keys (the mask is on keys); the first rows of
+    // batch 0 see keys 0..=20, so every row has an allowed key: nothing is zero by accident
+    let y = c.run(c.k, &c.dirs, [true; 3]);
+    assert!(
+        y.primal()
+            .outer_iter()
+            .flat_map(|b| b
+                .outer_iter()
+                .map(|r| r.iter().any(|&v| v != 0.0))
+                .collect::<Vec<_>>())
+            .all(|nonzero| nonzero)
+    );
+}
+
+#[test]
+fn long_sequence_f32_is_within_f32_rounding_of_f64() {
+    // The f64 kernel on the f32-rounded inputs is the truth. An f32 row is a softmax over ≤ 320
+    // keys of scores that are dot products of length D = 8: each output is a convex combination,
+    // so its error is a few units of f32 rounding times the accumulation lengths (D for the
+    // scores, the pairwise/blocked sums over S), relative to the output's scale.
+    let c = long_fixed_case(2);
+    let [q, kk, v] = c.duals(&c.theta, c.k, &c.dirs, [true; 3]);
+    let (q32, k32, v32) = (dual_to_f32(&q), dual_to_f32(&kk), dual_to_f32(&v));
+    let back = |x: &Dual<f32, Ix3>| -> Dual<f64, Ix3> {
+        Dual::new(
+            x.primal().mapv(f64::from),
+            x.tangent().unwrap().mapv(f64::from),
+        )
+        .unwrap()
+    };
+    let mask = c.mask();
+    let mask = mask.as_ref().map(|m| m.view());
+    let y32 = attention(&q32, &k32, &v32, mask, &c.shape).unwrap();
+    let y64 = attention_reference(&back(&q32), &back(&k32), &back(&v32), mask, &c.shape).unwrap();
+    let u = f64::from(f32::EPSILON) / 2.0;
+    let tol = 4.0 * u * (c.d() as f64 + (c.s as f64).log2() + c.s.div_ceil(128) as f64);
+    assert_close(
+        &flat_f32(y32.primal()),
+        &flat(y64.primal()),
+        tol,
+        "f32 primal",
+    )
+    .unwrap();
+    assert_close(
+        &flat_f32(y32.tangent().unwrap()),
+        &flat(y64.tangent().unwrap()),
+        tol,
+        "f32 tangent",
+    )
+    .unwrap();
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    // large enough to be split across threads; every subset of dual operands
+    let c = long_fixed_case(4);
+    let mask = c.mask();
+    let mask = mask.as_ref().map(|m| m.view());
+    for ops in [[true; 3], [true, false, true], [false, false, false]] {
+        let [q, kk, v] = c.duals(&c.theta, c.k, &c.dirs, ops);
+        let one = attention_with_threads(&q, &kk, &v, mask, &c.shape, 1).unwrap();
+        for threads in [2, 3, 8] {
+            let many = attention_with_threads(&q, &kk, &v, mask, &c.shape, threads).unwrap();
+            assert_eq!(one, many, "{threads} threads, {ops:?}");
+        }
+        // and run to run
+        assert_eq!(one, attention(&q, &kk, &v, mask, &c.shape).unwrap());
+    }
 }

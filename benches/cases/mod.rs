@@ -3,7 +3,7 @@
 //! (`examples/kernel_ratios.rs`), so both measure exactly the same calls.
 #![allow(dead_code)]
 
-use ndarray::{Array, Array1, Array2, Dimension};
+use ndarray::{Array, Array1, Array2, Dimension, Ix3};
 use spry::Dual;
 
 /// MiniLM geometry.
@@ -50,12 +50,17 @@ pub fn array<D: Dimension>(shape: D, seed: u64) -> Array<f32, D> {
 }
 
 /// A dual activation `[B, T, width]` with K directions (or a symbolic zero).
-pub fn activation(width: usize, k: Option<usize>, seed: u64) -> Dual<f32, ndarray::Ix3> {
-    let p = array(ndarray::Ix3(BATCH, SEQ, width), seed);
+pub fn activation(width: usize, k: Option<usize>, seed: u64) -> Dual<f32, Ix3> {
+    activation_at(SEQ, width, k, seed)
+}
+
+/// A dual activation `[B, seq, width]` with K directions (or a symbolic zero).
+pub fn activation_at(seq: usize, width: usize, k: Option<usize>, seed: u64) -> Dual<f32, Ix3> {
+    let p = array(Ix3(BATCH, seq, width), seed);
     match k {
         None => Dual::constant(p),
         Some(k) => {
-            let t = array(ndarray::Ix4(k, BATCH, SEQ, width), seed + 1);
+            let t = array(ndarray::Ix4(k, BATCH, seq, width), seed + 1);
             Dual::new(p, t).expect("consistent")
         }
     }
@@ -124,23 +129,61 @@ fn softmax_case(k: Option<usize>) -> Box<dyn FnMut()> {
 }
 
 fn attention_case(k: Option<usize>) -> Box<dyn FnMut()> {
-    let (q, kk, v) = (
-        activation(HIDDEN, k, 18),
-        activation(HIDDEN, k, 19),
-        activation(HIDDEN, k, 20),
-    );
-    let mask = ndarray::Array2::from_elem((BATCH, SEQ), true);
-    let shape = spry::kernels::AttentionShape {
-        n_heads: HEADS,
-        n_kv_heads: HEADS,
-        head_dim: HIDDEN / HEADS,
-        causal: false,
-    };
+    attention_call(AttentionInputs::new(SEQ, k, false))
+}
+
+fn attention_causal_case(k: Option<usize>) -> Box<dyn FnMut()> {
+    attention_call(AttentionInputs::new(SEQ, k, true))
+}
+
+fn attention_call(x: AttentionInputs) -> Box<dyn FnMut()> {
     Box::new(move || {
-        std::hint::black_box(
-            spry::kernels::attention(&q, &kk, &v, Some(mask.view()), &shape).unwrap(),
-        );
+        std::hint::black_box(x.run());
     })
+}
+
+/// MiniLM attention inputs at some sequence length: 12 heads of 32, an all-true key mask.
+pub struct AttentionInputs {
+    /// Queries `[B, seq, HIDDEN]`.
+    pub q: Dual<f32, Ix3>,
+    /// Keys `[B, seq, HIDDEN]`.
+    pub k: Dual<f32, Ix3>,
+    /// Values `[B, seq, HIDDEN]`.
+    pub v: Dual<f32, Ix3>,
+    /// Key mask `[B, seq]`, all true.
+    pub mask: Array2<bool>,
+    /// 12 heads of 32.
+    pub shape: spry::kernels::AttentionShape,
+}
+
+impl AttentionInputs {
+    /// q, k, v all dual with K directions (or all symbolic zeros).
+    pub fn new(seq: usize, k: Option<usize>, causal: bool) -> Self {
+        AttentionInputs {
+            q: activation_at(seq, HIDDEN, k, 18),
+            k: activation_at(seq, HIDDEN, k, 19),
+            v: activation_at(seq, HIDDEN, k, 20),
+            mask: Array2::from_elem((BATCH, seq), true),
+            shape: spry::kernels::AttentionShape {
+                n_heads: HEADS,
+                n_kv_heads: HEADS,
+                head_dim: HIDDEN / HEADS,
+                causal,
+            },
+        }
+    }
+
+    /// One attention call.
+    pub fn run(&self) -> Dual<f32, Ix3> {
+        spry::kernels::attention(
+            &self.q,
+            &self.k,
+            &self.v,
+            Some(self.mask.view()),
+            &self.shape,
+        )
+        .unwrap()
+    }
 }
 
 fn cross_entropy_case(k: Option<usize>) -> Box<dyn FnMut()> {
@@ -186,6 +229,10 @@ pub fn all() -> Vec<KernelCase> {
         KernelCase {
             name: "attention 12 heads (q,k,v dual)",
             prepare: attention_case,
+        },
+        KernelCase {
+            name: "attention causal (q,k,v dual)",
+            prepare: attention_causal_case,
         },
         KernelCase {
             name: "cross_entropy 1024x4096",

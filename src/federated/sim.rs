@@ -27,6 +27,7 @@ use super::planner::{
     AllUnitsPlanner, DepthAwarePlanner, Planner, ReferencePlanner, ReshufflePlanner,
 };
 use crate::modules::{DropoutKey, Trainable};
+pub use crate::parallel::parallel_map;
 use crate::rng::{Domain, KeyedRng};
 use crate::{Error, Float, Result};
 
@@ -648,41 +649,4 @@ impl<F: Float> Simulation<F> {
         }
         Ok(())
     }
-}
-
-/// Maps `f` over `items` on up to `workers` threads, preserving order; the first error wins.
-pub fn parallel_map<I: Send, O: Send>(
-    items: Vec<I>,
-    workers: usize,
-    f: impl Fn(I) -> Result<O> + Sync,
-) -> Result<Vec<O>> {
-    if workers <= 1 || items.len() <= 1 {
-        return items.into_iter().map(f).collect();
-    }
-    let n = items.len();
-    let mut slots: Vec<Option<Result<O>>> = (0..n).map(|_| None).collect();
-    let queue = std::sync::Mutex::new(
-        items
-            .into_iter()
-            .enumerate()
-            .collect::<Vec<_>>()
-            .into_iter(),
-    );
-    let results = std::sync::Mutex::new(&mut slots);
-    std::thread::scope(|s| {
-        for _ in 0..workers.min(n) {
-            s.spawn(|| {
-                loop {
-                    let next = queue.lock().expect("queue").next();
-                    let Some((i, item)) = next else { break };
-                    let r = f(item);
-                    results.lock().expect("results")[i] = Some(r);
-                }
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|r| r.expect("every item ran"))
-        .collect()
 }

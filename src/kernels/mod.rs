@@ -13,6 +13,7 @@ mod check;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+mod exp;
 pub mod frozen;
 pub mod frozen_linear;
 pub mod gemm;
@@ -29,7 +30,7 @@ pub use activation::{
     GeluKind, gelu, gelu_reference, silu, silu_reference, swiglu, swiglu_reference, tanh,
     tanh_reference,
 };
-pub use attention::{AttentionShape, attention, attention_reference};
+pub use attention::{AttentionShape, attention, attention_reference, attention_with_threads};
 pub use cross_entropy::{
     CrossEntropy, cross_entropy, cross_entropy_logit_grad, cross_entropy_logit_grad_reference,
     cross_entropy_reference, cross_entropy_with_grad,
