@@ -26,7 +26,7 @@ use super::super::gemm::gemm_into;
 use crate::Float;
 
 /// Query rows per task.
-pub(super) const BLOCK_Q: usize = 128;
+pub(super) const BLOCK_Q: usize = 64;
 /// Keys per streamed block.
 pub(super) const BLOCK_K: usize = 128;
 
