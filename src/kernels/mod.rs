@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod attention;
+mod buffer;
 mod check;
 pub mod cross_entropy;
 pub mod elementwise;
