@@ -121,14 +121,13 @@ pub fn gemm_blocks<'a, F: Float>(
 
 /// `[m, n]` with every row equal to `row`, written once (no zero fill first).
 pub(crate) fn broadcast_rows<F: Float>(row: ArrayView1<'_, F>, m: usize) -> Array2<F> {
-    let mut c = buffer::uninit::<F, _>((m, row.len()));
-    for mut dst in c.rows_mut() {
-        for (d, &v) in dst.iter_mut().zip(&row) {
-            d.write(v);
-        }
+    let row = row.as_standard_layout();
+    let row = row.as_slice().expect("standard layout");
+    let mut c = buffer::with_capacity(m * row.len());
+    for _ in 0..m {
+        c.extend_from_slice(row);
     }
-    // SAFETY: every element of every row was written above.
-    unsafe { c.assume_init() }
+    Array2::from_shape_vec((m, row.len()), c).expect("m·n elements")
 }
 
 /// `C = α·A·B` written into raw, possibly uninitialised memory with `β = 0` (`f32`/`f64` only;

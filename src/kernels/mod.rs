@@ -18,6 +18,7 @@ pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
 pub mod lora;
+mod parallel;
 pub mod pooling;
 pub mod rms_norm;
 pub mod rope;
