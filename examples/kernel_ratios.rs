@@ -5,29 +5,37 @@
 //! - `jvp/K / fwd`: the whole JVP call (primal included) divided by K, over the forward;
 //! - `(jvp - fwd)/K / fwd`: the marginal cost of one more direction, over the forward.
 //!
+//! The forward and the three JVPs of a kernel are timed round-robin (one of each per round), and
+//! each ratio is the median over rounds of that round's ratio: a slow spell of a shared machine
+//! then hits numerator and denominator alike. Each ratio is printed for wall time and for the
+//! process's CPU time (`wall | cpu`); CPU time ignores the time other processes hold the cores,
+//! so it is the steadier of the two on a loaded machine.
+//!
 //! It first prints the peak memory one attention call adds above its inputs at a long sequence
 //! (MiniLM heads, B = 8, T = `--memory-seq`), each measured in a fresh child process so that no
 //! memory freed by an earlier measurement is reused.
 //!
-//! Run: `cargo run --release --example kernel_ratios [-- --reps 9 --json --filter attention]`
+//! Run: `cargo run --release --example kernel_ratios [-- --reps 15 --json --only linear --memory-seq 0]`
 
 use clap::Parser;
 
 #[path = "../benches/cases/mod.rs"]
 mod cases;
 
+use cases::timing::{Sample, measure, medians};
+
 /// Command-line options.
 #[derive(Parser)]
 struct Args {
-    /// Timed repetitions per measurement (the median is reported).
+    /// Timed rounds per kernel (medians are reported).
     #[arg(long, default_value_t = 7)]
     reps: usize,
     /// Also print one JSON line per kernel.
     #[arg(long)]
     json: bool,
-    /// Only the kernels whose name contains this text.
-    #[arg(long, default_value = "")]
-    filter: String,
+    /// Only the kernels whose name contains this text (e.g. `linear`).
+    #[arg(long)]
+    only: Option<String>,
     /// Sequence length of the attention memory measurement (0 = skip it).
     #[arg(long, default_value_t = 512)]
     memory_seq: usize,
@@ -62,6 +70,12 @@ fn attention_memory(seq: usize, k: Option<usize>) {
     );
 }
 
+/// One round: the forward and the JVP for each K.
+struct Round {
+    fwd: Sample,
+    jvp: Vec<Sample>,
+}
+
 fn main() {
     let args = Args::parse();
     if let Some(k) = args.memory_child {
@@ -79,40 +93,68 @@ fn main() {
             print!("{}", String::from_utf8_lossy(&child.stdout));
         }
     }
+    assert!(args.reps > 0, "--reps must be at least 1");
     let ks = [1usize, 4, 16];
     println!(
-        "{:<30} {:>9} {}",
+        "{:<30} {:>15} {}",
         "kernel (B=8, T=128)",
-        "fwd ms",
+        "fwd ms wall|cpu",
         ks.iter()
-            .map(|k| format!("{:>12} {:>12}", format!("K={k} jvp/K"), "marginal"))
+            .map(|k| format!("{:>13} {:>13}", format!("K={k} jvp/K"), "marginal"))
             .collect::<Vec<_>>()
             .join(" ")
     );
-    for case in cases::all()
-        .into_iter()
-        .filter(|c| c.name.contains(&args.filter))
-    {
+    for case in cases::all() {
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|o| !case.name.contains(o.as_str()))
+        {
+            continue;
+        }
         let mut fwd = (case.prepare)(None);
-        let t_fwd = spry::metrics::median_time(2, args.reps, &mut fwd).as_secs_f64();
-        drop(fwd);
+        let mut jvps: Vec<_> = ks.iter().map(|&k| (case.prepare)(Some(k))).collect();
+        // warm-up round: first-touch page faults, thread-pool start-up
+        fwd();
+        jvps.iter_mut().for_each(|f| f());
+        let rounds: Vec<Round> = (0..args.reps)
+            .map(|_| Round {
+                fwd: measure(&mut fwd),
+                jvp: jvps.iter_mut().map(|f| measure(f.as_mut())).collect(),
+            })
+            .collect();
+        let fwd_ms = medians(&rounds, |r, t| t(&r.fwd) * 1e3);
         let mut cols = Vec::new();
         let mut json = serde_json::Map::new();
-        for &k in &ks {
-            let mut jvp = (case.prepare)(Some(k));
-            let t = spry::metrics::median_time(2, args.reps, &mut jvp).as_secs_f64();
-            let per_dir = t / k as f64 / t_fwd;
-            let marginal = (t - t_fwd) / k as f64 / t_fwd;
-            cols.push(format!("{per_dir:>12.3} {marginal:>12.3}"));
+        for (i, &k) in ks.iter().enumerate() {
+            let kf = k as f64;
+            let per_dir = medians(&rounds, |r, t| t(&r.jvp[i]) / kf / t(&r.fwd));
+            let marginal = medians(&rounds, |r, t| (t(&r.jvp[i]) - t(&r.fwd)) / kf / t(&r.fwd));
+            let ms = medians(&rounds, |r, t| t(&r.jvp[i]) * 1e3);
+            cols.push(format!(
+                "{:>6.3}|{:<6.3} {:>6.3}|{:<6.3}",
+                per_dir.0, per_dir.1, marginal.0, marginal.1
+            ));
             json.insert(
                 format!("k{k}"),
-                serde_json::json!({"ms": t * 1e3, "per_dir_over_fwd": per_dir, "marginal_over_fwd": marginal}),
+                serde_json::json!({
+                    "ms": ms.0, "cpu_ms": ms.1,
+                    "per_dir_over_fwd": per_dir.0, "per_dir_over_fwd_cpu": per_dir.1,
+                    "marginal_over_fwd": marginal.0, "marginal_over_fwd_cpu": marginal.1,
+                }),
             );
         }
-        println!("{:<30} {:>9.3} {}", case.name, t_fwd * 1e3, cols.join(" "));
+        println!(
+            "{:<30} {:>7.2}|{:<7.2} {}",
+            case.name,
+            fwd_ms.0,
+            fwd_ms.1,
+            cols.join(" ")
+        );
         if args.json {
             json.insert("kernel".into(), case.name.into());
-            json.insert("fwd_ms".into(), (t_fwd * 1e3).into());
+            json.insert("fwd_ms".into(), fwd_ms.0.into());
+            json.insert("fwd_cpu_ms".into(), fwd_ms.1.into());
             println!("{}", serde_json::Value::Object(json));
         }
     }

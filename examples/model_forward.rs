@@ -1,42 +1,53 @@
-//! Forward time and peak memory of each real model for one batch: MiniLM (batch 8, sequence
-//! 128) and SmolLM2-135M (batch 4, sequence 256, loss with the LM head fused with the
-//! cross-entropy over vocabulary tiles), plain forward and one-direction JVP over the LoRA
-//! adapters.
+//! Forward and JVP time and peak memory of each real model for one batch: MiniLM (batch 8,
+//! sequence 128, classifier loss) and SmolLM2-135M (batch 4, sequence 256, loss with the chunked
+//! LM head), plain forward and K-direction JVPs over all LoRA adapters (r = 1 on the query and
+//! value projections).
 //!
-//! SmolLM2's frozen matrices stay packed as the GGUF file stores them (Q8_0 embeddings, Q4_1
-//! projections, widened a tile at a time); `--dense` dequantises them to f32 at load instead.
-//! For SmolLM2 the peak RSS is also reported for the load alone and for the client step alone
-//! (the JVP runs, watermark reset before them; both include the resident weights).
+//! The forward and the JVPs are timed round-robin (one of each per round) and every ratio is the
+//! median over rounds of that round's ratio, for wall time and for the process's CPU time
+//! (`wall | cpu`; CPU time ignores the time other processes hold the cores, so it is the steadier
+//! of the two on a loaded machine). MiniLM's forward throughput is its matrix-product FLOPs
+//! (23.0 GFLOP: the six linear layers and the two attention products of every block) over the
+//! median wall time.
 //!
 //! ```text
-//! cargo run --release --example model_forward [-- --json] [--dense] [--llama-only]
+//! cargo run --release --example model_forward [-- --model minilm --ks 1,16 --reps 5 --json]
 //! ```
 
 use clap::Parser;
 use ndarray::Array2;
 use spry::federated::{StepKey, directions};
-use spry::metrics::{current_rss_mib, median_time, peak_rss_mib, reset_peak_rss};
+use spry::metrics::{current_rss_mib, peak_rss_mib};
 use spry::models::WeightFormat;
 use spry::models::bert::BertBatch;
 use spry::models::pretrained::{load_bert_classifier_dir, load_llama_gguf_as};
-use spry::modules::{Directions, LoraConfig};
+use spry::modules::{Directions, LoraConfig, Trainable};
 use spry::tokenizer::TokenizerOptions;
+
+#[path = "../benches/cases/timing.rs"]
+mod timing;
+
+use timing::{Sample, measure, medians};
 
 /// Command-line options.
 #[derive(Parser)]
 struct Args {
-    /// Timed repetitions (median reported).
+    /// Timed rounds (medians reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Which models: `minilm`, `smollm` or `all`.
+    #[arg(long, default_value = "all")]
+    model: String,
+    /// Numbers of JVP directions to time, comma-separated.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    ks: Vec<usize>,
     /// Print one JSON line per model instead of a table.
     #[arg(long)]
     json: bool,
-    /// Dequantise SmolLM2's weights to dense f32 at load (instead of keeping them packed).
+    /// Dequantise SmolLM2's weights to dense f32 at load (instead of keeping them packed as
+    /// stored and widening them a tile at a time).
     #[arg(long)]
     dense: bool,
-    /// Skip MiniLM (so the process peak is SmolLM2's alone).
-    #[arg(long)]
-    llama_only: bool,
 }
 
 fn main() {
@@ -52,155 +63,226 @@ fn ids(b: usize, t: usize, vocab: u32) -> Array2<u32> {
     })
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if !args.llama_only {
-        minilm(&args)?;
-    }
-    smollm2(&args)
-}
-
-fn minilm(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let assets = spry::io::assets_dir();
-    let base = current_rss_mib().unwrap_or(0.0);
-    // MiniLM classifier, LoRA r=1 on query/value
-    let lora = LoraConfig::new(1, 1.0, 0.0, &["query", "value"]);
-    let (bert, params, _) = load_bert_classifier_dir(
-        &assets.join("all-MiniLM-L6-v2"),
-        &lora,
-        2,
-        0,
-        TokenizerOptions::default(),
-    )?;
-    let weights_mib = current_rss_mib().unwrap_or(0.0) - base;
-    let batch = BertBatch::new(ids(8, 128, 30522), Array2::from_elem((8, 128), true))?;
-    let labels = vec![0i64, 1, 0, 1, 0, 1, 0, 1];
-    let none = Directions::none(params.len());
+/// K random directions over every trainable parameter (step 0 of seed 0).
+fn all_directions(params: &Trainable<f32>, k: usize) -> spry::Result<Directions<f32>> {
     let all: Vec<usize> = (0..params.len()).collect();
-    let dirs = directions(
-        &params,
+    directions(
+        params,
         &all,
-        1,
+        k,
         StepKey {
             seed: 0,
             round: 0,
             client: 0,
             step: 0,
         },
-    )?;
-    let fwd = median_time(1, args.reps, || {
-        bert.forward(&batch, Some(&labels), &params, &none, None)
-            .expect("forward");
-    });
-    let jvp = median_time(1, args.reps, || {
-        bert.forward(&batch, Some(&labels), &params, &dirs, None)
-            .expect("jvp");
-    });
-    let peak = peak_rss_mib().unwrap_or(0.0);
-    report(
-        args,
-        "MiniLM-L6 classifier B=8 T=128",
-        fwd.as_secs_f64(),
-        jvp.as_secs_f64(),
-        weights_mib,
-        peak,
-        None,
-    );
-    Ok(())
+    )
 }
 
-fn smollm2(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let assets = spry::io::assets_dir();
-    let lora = LoraConfig::new(1, 1.0, 0.0, &["q_proj", "v_proj"]);
-    let before = current_rss_mib().unwrap_or(0.0);
-    let gguf = assets.join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let format = if args.dense {
-        WeightFormat::Dense
-    } else {
-        WeightFormat::Stored
-    };
-    reset_peak_rss();
-    let (llama, params, _) = load_llama_gguf_as(&gguf, &lora, 0, format)?;
-    let load_peak = peak_rss_mib().unwrap_or(0.0);
-    let weights_mib = current_rss_mib().unwrap_or(0.0) - before;
-    let frozen_mib = llama.frozen_bytes() as f64 / (1 << 20) as f64;
-    let x = ids(4, 256, 49152);
-    let y = x.mapv(|v| v as i64);
-    let none = Directions::none(params.len());
-    let all: Vec<usize> = (0..params.len()).collect();
-    let dirs = directions(
-        &params,
-        &all,
-        1,
-        StepKey {
-            seed: 0,
-            round: 0,
-            client: 0,
-            step: 0,
-        },
-    )?;
-    let fwd = median_time(1, args.reps, || {
-        llama
-            .loss(x.view(), y.view(), None, &params, &none, None)
-            .expect("forward");
-    });
-    // the client step: LM loss + JVP (K = 1), peak measured from here
-    reset_peak_rss();
-    let jvp = median_time(1, args.reps, || {
-        llama
-            .loss(x.view(), y.view(), None, &params, &dirs, None)
-            .expect("jvp");
-    });
-    let step_peak = peak_rss_mib().unwrap_or(0.0);
-    let name = if args.dense {
-        "SmolLM2-135M dense f32 B=4 T=256"
-    } else {
-        "SmolLM2-135M packed B=4 T=256"
-    };
-    report(
-        args,
-        name,
-        fwd.as_secs_f64(),
-        jvp.as_secs_f64(),
-        weights_mib,
-        step_peak,
-        Some((frozen_mib, load_peak, step_peak)),
-    );
-    Ok(())
-}
-
-/// One line per model; `llama` = (frozen weight MiB, load peak RSS, client-step peak RSS).
-fn report(
-    args: &Args,
-    name: &str,
-    fwd: f64,
-    jvp: f64,
+/// What one model's measurement found.
+struct Report {
+    name: &'static str,
+    /// Matrix-product FLOPs of one forward, if known.
+    flops: Option<f64>,
+    /// Forward (wall, cpu) seconds, medians.
+    fwd: (f64, f64),
+    /// One entry per K.
+    jvps: Vec<JvpTime>,
     weights_mib: f64,
-    peak: f64,
-    llama: Option<(f64, f64, f64)>,
-) {
-    if args.json {
-        let mut v = serde_json::json!({"model": name, "fwd_ms": fwd * 1e3, "jvp1_ms": jvp * 1e3, "jvp1_over_fwd": jvp / fwd,
-            "weights_rss_mib": weights_mib, "peak_rss_mib": peak});
-        if let Some((frozen, load_peak, step_peak)) = llama {
-            v["frozen_weights_mib"] = frozen.into();
-            v["load_peak_rss_mib"] = load_peak.into();
-            v["step_peak_rss_mib"] = step_peak.into();
-        }
-        println!("{v}");
-    } else {
-        println!(
-            "{name:<34} forward {:>8.1} ms   JVP(K=1) {:>8.1} ms ({:.2}x)   weights {:>6.0} MiB   peak RSS so far {:>6.0} MiB",
-            fwd * 1e3,
-            jvp * 1e3,
-            jvp / fwd,
-            weights_mib,
-            peak
+    peak_mib: f64,
+}
+
+/// The JVP with K directions: (wall, cpu) seconds and its time per direction over the
+/// forward's (wall, cpu), medians over rounds.
+struct JvpTime {
+    k: usize,
+    time: (f64, f64),
+    per_dir: (f64, f64),
+}
+
+/// A timed call.
+type Run<'a> = Box<dyn FnMut() + 'a>;
+
+/// Times `fwd` and one JVP per K round-robin; returns the forward's (wall, cpu) median.
+fn time_round_robin(
+    reps: usize,
+    fwd: &mut dyn FnMut(),
+    jvps: &mut [(usize, Run<'_>)],
+) -> ((f64, f64), Vec<JvpTime>) {
+    fwd();
+    jvps.iter_mut().for_each(|(_, f)| f());
+    let rounds: Vec<(Sample, Vec<Sample>)> = (0..reps)
+        .map(|_| {
+            let f = measure(fwd);
+            (f, jvps.iter_mut().map(|(_, j)| measure(j)).collect())
+        })
+        .collect();
+    let fwd_t = medians(&rounds, |r, t| t(&r.0));
+    let per_k = jvps
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| {
+            let kf = *k as f64;
+            JvpTime {
+                k: *k,
+                time: medians(&rounds, |r, t| t(&r.1[i])),
+                per_dir: medians(&rounds, |r, t| t(&r.1[i]) / kf / t(&r.0)),
+            }
+        })
+        .collect();
+    (fwd_t, per_k)
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    assert!(args.reps > 0, "--reps must be at least 1");
+    let assets = spry::io::assets_dir();
+    if args.model == "all" || args.model == "minilm" {
+        let base = current_rss_mib().unwrap_or(0.0);
+        let lora = LoraConfig::new(1, 1.0, 0.0, &["query", "value"]);
+        let (bert, params, _) = load_bert_classifier_dir(
+            &assets.join("all-MiniLM-L6-v2"),
+            &lora,
+            2,
+            0,
+            TokenizerOptions::default(),
+        )?;
+        let weights_mib = current_rss_mib().unwrap_or(0.0) - base;
+        let (b, t) = (8, 128);
+        let batch = BertBatch::new(ids(b, t, 30522), Array2::from_elem((b, t), true))?;
+        let labels = vec![0i64, 1, 0, 1, 0, 1, 0, 1];
+        let none = Directions::none(params.len());
+        let dirs: Vec<(usize, Directions<f32>)> = args
+            .ks
+            .iter()
+            .map(|&k| Ok((k, all_directions(&params, k)?)))
+            .collect::<spry::Result<_>>()?;
+        let mut fwd = || {
+            bert.forward(&batch, Some(&labels), &params, &none, None)
+                .expect("forward");
+        };
+        let mut jvps: Vec<(usize, Run<'_>)> = dirs
+            .iter()
+            .map(|(k, d)| {
+                let run: Run<'_> = Box::new(|| {
+                    bert.forward(&batch, Some(&labels), &params, d, None)
+                        .expect("jvp");
+                });
+                (*k, run)
+            })
+            .collect();
+        let (fwd_t, per_k) = time_round_robin(args.reps, &mut fwd, &mut jvps);
+        drop(jvps);
+        let cfg = bert.bert().config();
+        let (n, h, f) = (
+            (b * t) as f64,
+            cfg.hidden_size as f64,
+            cfg.intermediate_size as f64,
         );
-        if let Some((frozen, load_peak, step_peak)) = llama {
-            println!(
-                "{:<34} frozen weights {frozen:>6.0} MiB   load peak RSS {load_peak:>6.0} MiB   client step (loss + JVP K=1) peak RSS {step_peak:>6.0} MiB",
-                ""
-            );
-        }
+        // per block: q, k, v, o (N·H·H each), up and down (N·H·F each), S = QKᵀ and P·V
+        // (B·T·T·H each); 2 FLOPs per multiply-add
+        let per_block = 2.0 * (4.0 * n * h * h + 2.0 * n * h * f + 2.0 * n * t as f64 * h);
+        report(
+            &args,
+            &Report {
+                name: "MiniLM-L6 classifier B=8 T=128",
+                flops: Some(per_block * cfg.num_hidden_layers as f64),
+                fwd: fwd_t,
+                jvps: per_k,
+                weights_mib,
+                peak_mib: peak_rss_mib().unwrap_or(0.0),
+            },
+        );
+    }
+
+    if args.model == "all" || args.model == "smollm" {
+        let lora = LoraConfig::new(1, 1.0, 0.0, &["q_proj", "v_proj"]);
+        let before = current_rss_mib().unwrap_or(0.0);
+        let gguf = assets.join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let format = if args.dense {
+            WeightFormat::Dense
+        } else {
+            WeightFormat::Stored
+        };
+        let (llama, params, _) = load_llama_gguf_as(&gguf, &lora, 0, format)?;
+        let weights_mib = current_rss_mib().unwrap_or(0.0) - before;
+        let x = ids(4, 256, 49152);
+        let y = x.mapv(|v| v as i64);
+        let none = Directions::none(params.len());
+        let dirs: Vec<(usize, Directions<f32>)> = args
+            .ks
+            .iter()
+            .map(|&k| Ok((k, all_directions(&params, k)?)))
+            .collect::<spry::Result<_>>()?;
+        let mut fwd = || {
+            llama
+                .loss(x.view(), y.view(), None, &params, &none, None)
+                .expect("forward");
+        };
+        let mut jvps: Vec<(usize, Run<'_>)> = dirs
+            .iter()
+            .map(|(k, d)| {
+                let run: Run<'_> = Box::new(|| {
+                    llama
+                        .loss(x.view(), y.view(), None, &params, d, None)
+                        .expect("jvp");
+                });
+                (*k, run)
+            })
+            .collect();
+        let (fwd_t, per_k) = time_round_robin(args.reps, &mut fwd, &mut jvps);
+        drop(jvps);
+        report(
+            &args,
+            &Report {
+                name: "SmolLM2-135M LM loss B=4 T=256",
+                flops: None,
+                fwd: fwd_t,
+                jvps: per_k,
+                weights_mib,
+                peak_mib: peak_rss_mib().unwrap_or(0.0),
+            },
+        );
+    }
+    Ok(())
+}
+
+fn report(args: &Args, r: &Report) {
+    let gflops = r.flops.map(|f| f / r.fwd.0 * 1e-9);
+    if args.json {
+        let jvps: Vec<_> = r
+            .jvps
+            .iter()
+            .map(|j| {
+                serde_json::json!({"k": j.k, "ms": j.time.0 * 1e3, "cpu_ms": j.time.1 * 1e3,
+                    "per_dir_over_fwd": j.per_dir.0, "per_dir_over_fwd_cpu": j.per_dir.1})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"model": r.name, "fwd_ms": r.fwd.0 * 1e3, "fwd_cpu_ms": r.fwd.1 * 1e3,
+                "fwd_gflops": gflops, "jvps": jvps,
+                "weights_rss_mib": r.weights_mib, "peak_rss_mib": r.peak_mib})
+        );
+        return;
+    }
+    let rate = gflops.map_or(String::new(), |g| format!(" ({g:.0} GFLOP/s)"));
+    println!(
+        "{:<32} forward {:>7.1}|{:<7.1} ms{rate}   weights {:>5.0} MiB   peak RSS so far {:>5.0} MiB",
+        r.name,
+        r.fwd.0 * 1e3,
+        r.fwd.1 * 1e3,
+        r.weights_mib,
+        r.peak_mib
+    );
+    for j in &r.jvps {
+        println!(
+            "{:<32} JVP K={:<3} {:>7.1}|{:<7.1} ms   per direction / forward {:.2}|{:.2}x",
+            "",
+            j.k,
+            j.time.0 * 1e3,
+            j.time.1 * 1e3,
+            j.per_dir.0,
+            j.per_dir.1
+        );
     }
 }

@@ -411,3 +411,56 @@ fn swiglu_bad_operands_give_typed_errors() {
         Err(Error::TangentCountMismatch { .. })
     ));
 }
+
+/// Large inputs are split across threads: every element equals the same element computed in a
+/// small (serial) call, bitwise, in f32 and f64, primal and tangent; and the large f32 GELU stays
+/// within f32 tolerance of the f64 reference.
+#[test]
+fn threaded_elements_equal_small_calls_bitwise() {
+    let (n, k) = (300_000, 2);
+    let xs: Vec<f64> = (0..n)
+        .map(|i| (i * 7919 % 20_000) as f64 / 1000.0 - 10.0)
+        .collect();
+    let ts: Vec<f64> = (0..k * n)
+        .map(|i| (i * 104_729 % 997) as f64 / 500.0 - 1.0)
+        .collect();
+    let big = dual(&[n], &xs, Some((k, &ts)));
+    let picks = [0, 1, n / 3, n / 2 + 7, n - 1];
+    for act in ACTS {
+        for (tangent, x) in [
+            (true, big.clone()),
+            (false, Dual::constant(big.primal().clone())),
+        ] {
+            let (y, y32) = (act.run(&x), act.run(&dual_to_f32(&x)));
+            for &i in &picks {
+                let t: Vec<f64> = (0..k).map(|kk| ts[kk * n + i]).collect();
+                let small = dual(&[1], &xs[i..=i], tangent.then_some((k, &t[..])));
+                let (s, s32) = (act.run(&small), act.run(&dual_to_f32(&small)));
+                assert_eq!(y.primal()[[i]], s.primal()[[0]], "{act:?} at {i}");
+                assert_eq!(y32.primal()[[i]], s32.primal()[[0]], "{act:?} f32 at {i}");
+                if tangent {
+                    for kk in 0..k {
+                        assert_eq!(y.tangent().unwrap()[[kk, i]], s.tangent().unwrap()[[kk, 0]]);
+                        assert_eq!(
+                            y32.tangent().unwrap()[[kk, i]],
+                            s32.tangent().unwrap()[[kk, 0]]
+                        );
+                    }
+                }
+            }
+            if tangent {
+                let r = act.run_reference(&x);
+                let scale = 1.0 + flat(r.primal()).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                for (a, e) in flat_f32(y32.primal()).iter().zip(flat(r.primal()).iter()) {
+                    assert!((a - e).abs() <= 1e-5 * scale, "{act:?}: {a} vs {e}");
+                }
+                for (a, e) in flat_f32(y32.tangent().unwrap())
+                    .iter()
+                    .zip(flat(r.tangent().unwrap()).iter())
+                {
+                    assert!((a - e).abs() <= 1e-5 * scale, "{act:?} tangent: {a} vs {e}");
+                }
+            }
+        }
+    }
+}

@@ -656,3 +656,59 @@ fn bad_arguments_give_typed_errors() {
         Err(Error::TangentCountMismatch { .. })
     ));
 }
+
+/// Large inputs are split across threads by rows: every row equals the same row normalised on
+/// its own, bitwise, in f32 and f64, with and without tangents.
+#[test]
+fn threaded_rows_equal_single_rows_bitwise() {
+    let (rows, n, k) = (700, 384, 2); // 268 800 primal elements: more than one thread's share
+    let xs: Vec<f64> = (0..rows * n)
+        .map(|i| ((i * 7919 % 1000) as f64 / 250.0 - 2.0) * (1.0 + (i / n) as f64 * 1e-3))
+        .collect();
+    let ts: Vec<f64> = (0..k * rows * n)
+        .map(|i| (i * 104_729 % 997) as f64 / 500.0 - 1.0)
+        .collect();
+    let g = Array1::from_shape_fn(n, |i| 1.0 + i as f64 / n as f64);
+    let b = Array1::from_shape_fn(n, |i| i as f64 / (2 * n) as f64);
+    let whole: Dual<f64, ndarray::Ix2> = fixed(dual(&[rows, n], &xs, Some((k, &ts))));
+    let row = |r: usize| -> Dual<f64, ndarray::Ix2> {
+        let t: Vec<f64> = (0..k)
+            .flat_map(|kk| ts[(kk * rows + r) * n..(kk * rows + r + 1) * n].to_vec())
+            .collect();
+        fixed(dual(&[1, n], &xs[r * n..(r + 1) * n], Some((k, &t))))
+    };
+    for tangent in [false, true] {
+        let whole = if tangent {
+            whole.clone()
+        } else {
+            Dual::constant(whole.primal().clone())
+        };
+        let y = layer_norm(&whole, g.view(), Some(b.view()), BERT_EPS).unwrap();
+        let y32 = rms_norm(&dual_to_f32(&whole), g.mapv(|v| v as f32).view(), 1e-6).unwrap();
+        for r in [0, 1, rows / 2, rows - 1] {
+            let one = if tangent {
+                row(r)
+            } else {
+                Dual::constant(row(r).primal().clone())
+            };
+            let yr = layer_norm(&one, g.view(), Some(b.view()), BERT_EPS).unwrap();
+            assert_eq!(y.primal().row(r), yr.primal().row(0), "row {r}");
+            let yr32 = rms_norm(&dual_to_f32(&one), g.mapv(|v| v as f32).view(), 1e-6).unwrap();
+            assert_eq!(y32.primal().row(r), yr32.primal().row(0), "f32 row {r}");
+            if tangent {
+                for kk in 0..k {
+                    let (t, tr) = (y.tangent().unwrap(), yr.tangent().unwrap());
+                    assert_eq!(
+                        t.slice(ndarray::s![kk, r, ..]),
+                        tr.slice(ndarray::s![kk, 0, ..])
+                    );
+                    let (t, tr) = (y32.tangent().unwrap(), yr32.tangent().unwrap());
+                    assert_eq!(
+                        t.slice(ndarray::s![kk, r, ..]),
+                        tr.slice(ndarray::s![kk, 0, ..])
+                    );
+                }
+            }
+        }
+    }
+}

@@ -3,6 +3,8 @@
 //! (`examples/kernel_ratios.rs`), so both measure exactly the same calls.
 #![allow(dead_code)]
 
+pub mod timing;
+
 use ndarray::{Array, Array1, Array2, Dimension, Ix3};
 use spry::Dual;
 

@@ -10,7 +10,7 @@ use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use ndarray::{Array, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Dimension, Zip};
 
-use super::check;
+use super::{buffer, check};
 use crate::{Dual, Float, Result, common_k};
 
 /// `√(2/π)`, the scale of the tanh-form GELU.
@@ -146,17 +146,17 @@ pub fn swiglu<F: Float, D: Dimension>(gate: &Dual<F, D>, up: &Dual<F, D>) -> Res
 // is pure arithmetic (and `exp`), which the optimiser removes as dead code.
 
 /// Erf-form GELU and its derivative.
-#[inline]
+#[inline(always)]
 fn gelu_erf<F: Float>(x: F) -> (F, F) {
     let half = F::from_f64(0.5);
     // Φ(x) = ½(1 + erf(x/√2)), φ(x) = e^{−x²/2}/√(2π)
     let cdf = half * (F::one() + (x * F::from_f64(FRAC_1_SQRT_2)).erf());
-    let pdf = (-half * x * x).exp() * F::from_f64(FRAC_1_SQRT_2PI);
+    let pdf = (-half * x * x).exp_vec() * F::from_f64(FRAC_1_SQRT_2PI);
     (x * cdf, cdf + x * pdf)
 }
 
 /// Tanh-form GELU and its derivative.
-#[inline]
+#[inline(always)]
 fn gelu_tanh<F: Float>(x: F) -> (F, F) {
     let (half, one) = (F::from_f64(0.5), F::one());
     let c = F::from_f64(GELU_TANH_CUBIC);
@@ -174,15 +174,15 @@ fn gelu_tanh<F: Float>(x: F) -> (F, F) {
 }
 
 /// SiLU and its derivative: `σ = 1/(1 + e^{−x})`, `(xσ, σ(1 + x(1 − σ)))`.
-#[inline]
+#[inline(always)]
 fn silu_value<F: Float>(x: F) -> (F, F) {
     let one = F::one();
-    let sig = one / (one + (-x).exp());
+    let sig = one / (one + (-x).exp_vec());
     (x * sig, sig * (one + x * (one - sig)))
 }
 
 /// tanh and its derivative `(1 − t)(1 + t)`.
-#[inline]
+#[inline(always)]
 fn tanh_value<F: Float>(x: F) -> (F, F) {
     let t = x.tanh();
     (t, (F::one() - t) * (F::one() + t))
@@ -194,33 +194,19 @@ fn tanh_value<F: Float>(x: F) -> (F, F) {
 /// dual pass equals the primal-only pass bitwise.
 fn unary<F: Float, D: Dimension>(
     x: &Dual<F, D>,
-    value: impl Fn(F) -> F,
-    value_and_slope: impl Fn(F) -> (F, F),
+    value: impl Fn(F) -> F + Sync,
+    value_and_slope: impl Fn(F) -> (F, F) + Sync,
 ) -> Dual<F, D> {
     let Some(tx) = x.tangent() else {
         // y = g(x), primal only
-        return Dual::constant(x.primal().mapv(value));
+        return Dual::constant(buffer::map(x.primal(), value));
     };
     // y = g(x) and g′(x), once per element
-    let dim = x.primal().raw_dim();
-    let (mut y, mut slope) = (Array::zeros(dim.clone()), Array::zeros(dim));
-    Zip::from(&mut y)
-        .and(&mut slope)
-        .and(x.primal())
-        .for_each(|y, s, &v| (*y, *s) = value_and_slope(v));
+    let (y, slope) = buffer::map2(x.primal(), value_and_slope);
     // ẏ_k = g′(x)⊙ẋ_k for every direction k
-    let (k, len) = (tx.shape()[0], y.len());
-    let mut ty = Array::zeros(tx.raw_dim());
-    let slope = flat(&slope);
-    for (mut out, t) in rows_mut(&mut ty, k, len)
-        .outer_iter_mut()
-        .zip(rows(tx, k, len).outer_iter())
-    {
-        Zip::from(&mut out)
-            .and(&t)
-            .and(&slope)
-            .for_each(|o, &t, &s| *o = s * t);
-    }
+    let ty = buffer::map_blocks(tx, flat(&slope).as_slice().expect("contiguous"), |s, t| {
+        s * t
+    });
     Dual::from_parts_unchecked(y, Some(ty))
 }
 

@@ -5,17 +5,21 @@
 //!   `r = (σ² + ε)^(−1/2)`; frozen or dual `γ`, `β`.
 //!
 //! LayerNorm and RMSNorm (frozen or dual parameters) run one implementation, `normalize`: per
-//! row, the statistics (μ, σ², r) are accumulated in `f64` with a two-pass variance (the mean
-//! taken relative to the row's first element), `x̂` is formed once, and the tangent rule
+//! row, the statistics (μ, σ², r) are accumulated in `f64` (eight interleaved partial sums, so
+//! the additions vectorise) with a two-pass variance (the mean taken relative to the row's first
+//! element), `x̂` is formed once, and the tangent rule
 //! `x̂̇ = r·(ẋ − mean(ẋ) − x̂·mean(x̂⊙ẋ))` (without the `mean(ẋ)` term for RMSNorm) reuses `r`
 //! and `x̂` for all K directions. ε sits inside the `rsqrt` in the primal and in the tangent
 //! alike; nothing assumes `mean(x̂²) = 1`, which is false for ε > 0. The `f64` statistics matter
 //! for BERT's ε = 1e-12, which is below f32 resolution: a near-constant f32 row has a spread
 //! close to the rounding error of an f32 mean, and a huge `r` amplifies that error.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Dimension, Ix1, Zip};
+use std::mem::MaybeUninit;
+use std::ops::Range;
 
-use super::check;
+use ndarray::{Array2, ArrayView1, ArrayView2, Dimension, Ix1};
+
+use super::{buffer, check, parallel};
 use crate::{Dual, Float, Result, common_k};
 
 /// LayerNorm over the last axis with frozen `γ` and `β`.
@@ -125,79 +129,166 @@ pub(super) fn normalize<F: Float, D: Dimension>(
     let tx = x.tangent_rows(); // [K·R, N]
     let rows = xr.nrows();
     let inv_n = 1.0 / n as f64;
+    let xs = xr.as_slice().expect("standard layout");
+    let txs = tx.as_ref().map(|t| t.as_slice().expect("standard layout"));
+    // γ, β (and their tangents) as contiguous rows, copied only if the caller's views are strided
+    let gamma = p.gamma.as_standard_layout();
+    let gamma = gamma.as_slice().expect("standard layout");
+    let beta = p.beta.as_ref().map(|b| b.as_standard_layout());
+    let beta = beta
+        .as_ref()
+        .map(|b| b.as_slice().expect("standard layout"));
+    let gamma_t = p.gamma_t.as_ref().map(|t| t.as_standard_layout());
+    let beta_t = p.beta_t.as_ref().map(|t| t.as_standard_layout());
 
-    let mut y = Array2::<F>::zeros((rows, n)); // [R, N]
-    let mut ty = k.map(|k| Array2::<F>::zeros((k * rows, n))); // [K·R, N]
-    let mut xhat = Array1::<F>::zeros(n); // x̂ of the current row, reused by every direction
-    for r in 0..rows {
-        let xrow = xr.row(r);
-        // μ and σ² (mean(x²) for RMSNorm) in f64, two passes; r = (σ² + ε)^(−1/2).
-        // LayerNorm measures x from its first element x₀ (μ = x₀ + mean(x − x₀)): x − x₀ is
-        // exact on near-constant rows, so a constant row gives x − μ = 0 exactly, not a
-        // rounding residue that a huge r (BERT's ε = 1e-12) would blow up.
-        let x0 = match kind {
-            Kind::Layer => xrow.first().map_or(0.0, |&v| v.as_f64()),
-            Kind::Rms => 0.0,
-        };
-        let mean_d = match kind {
-            Kind::Layer => xrow.iter().map(|&v| v.as_f64() - x0).sum::<f64>() * inv_n,
-            Kind::Rms => 0.0,
-        };
-        let centred = |v: F| (v.as_f64() - x0) - mean_d; // x − μ
-        let var = xrow.iter().map(|&v| centred(v).powi(2)).sum::<f64>() * inv_n;
-        let rstd = 1.0 / (var + eps).sqrt();
-        // x̂ = (x − μ)·r ; y = γ⊙x̂ + β
-        Zip::from(&mut xhat)
-            .and(&xrow)
-            .for_each(|h, &v| *h = F::from_f64(centred(v) * rstd));
-        let mut yrow = y.row_mut(r);
-        Zip::from(&mut yrow)
-            .and(&xhat)
-            .and(&p.gamma)
-            .for_each(|y, &h, &g| *y = g * h);
-        if let Some(b) = &p.beta {
-            yrow += b;
+    let mut y = buffer::uninit::<F, _>((rows, n)); // [R, N]
+    let mut ty = k.map(|k| buffer::uninit::<F, _>((k * rows, n))); // [K·R, N]
+    let kn = k.unwrap_or(0);
+
+    // One range of rows: `y_part` holds those rows of y, `ty_parts[kk]` those of direction kk.
+    let rows_body = |range: Range<usize>,
+                     y_part: &mut [MaybeUninit<F>],
+                     ty_parts: Vec<&mut [MaybeUninit<F>]>| {
+        let mut ty_parts = ty_parts;
+        let mut xhat = vec![F::zero(); n]; // x̂ of the current row, reused by every direction
+        for (i, r) in range.enumerate() {
+            let xrow = &xs[r * n..(r + 1) * n];
+            // μ and σ² (mean(x²) for RMSNorm) in f64, two passes; r = (σ² + ε)^(−1/2).
+            // LayerNorm measures x from its first element x₀ (μ = x₀ + mean(x − x₀)): x − x₀ is
+            // exact on near-constant rows, so a constant row gives x − μ = 0 exactly, not a
+            // rounding residue that a huge r (BERT's ε = 1e-12) would blow up.
+            let x0 = match kind {
+                Kind::Layer => xrow.first().map_or(0.0, |&v| v.as_f64()),
+                Kind::Rms => 0.0,
+            };
+            let mean_d = match kind {
+                Kind::Layer => lane_sum(xrow, |v| v.as_f64() - x0) * inv_n,
+                Kind::Rms => 0.0,
+            };
+            let centred = |v: F| (v.as_f64() - x0) - mean_d; // x − μ
+            let var = lane_sum(xrow, |v| centred(v).powi(2)) * inv_n;
+            let rstd = 1.0 / (var + eps).sqrt();
+            // x̂ = (x − μ)·r ; y = γ⊙x̂ + β
+            for (h, &v) in xhat.iter_mut().zip(xrow) {
+                *h = F::from_f64(centred(v) * rstd);
+            }
+            let yrow = &mut y_part[i * n..(i + 1) * n];
+            match beta {
+                Some(b) => {
+                    for (((o, &h), &g), &b) in yrow.iter_mut().zip(&xhat).zip(gamma).zip(b) {
+                        o.write(g * h + b);
+                    }
+                }
+                None => {
+                    for ((o, &h), &g) in yrow.iter_mut().zip(&xhat).zip(gamma) {
+                        o.write(g * h);
+                    }
+                }
+            }
+
+            let rstd = F::from_f64(rstd);
+            for (kk, tyk) in ty_parts.iter_mut().enumerate() {
+                let out = &mut tyk[i * n..(i + 1) * n];
+                match txs {
+                    Some(txs) => {
+                        // ẏ = γ⊙r·(ẋ − mean(ẋ) − x̂·mean(x̂⊙ẋ)), the means in f64
+                        let row = kk * rows + r;
+                        let trow = &txs[row * n..(row + 1) * n];
+                        let (s_t, s_ht) = lane_sums_t_ht(trow, &xhat);
+                        let m_t = match kind {
+                            Kind::Layer => F::from_f64(s_t * inv_n),
+                            Kind::Rms => F::zero(),
+                        };
+                        let m_ht = F::from_f64(s_ht * inv_n);
+                        for (((o, &t), &h), &g) in out.iter_mut().zip(trow).zip(&xhat).zip(gamma) {
+                            o.write(g * rstd * (t - m_t - h * m_ht));
+                        }
+                    }
+                    None => out.iter_mut().for_each(|o| {
+                        o.write(F::zero());
+                    }),
+                }
+                // SAFETY: every element of `out` was written just above; `MaybeUninit<F>` has
+                // the layout of `F`.
+                let out = unsafe { &mut *(out as *mut [MaybeUninit<F>] as *mut [F]) };
+                if let Some(tg) = &gamma_t {
+                    // ẏ += γ̇⊙x̂
+                    for ((o, &tg), &h) in out.iter_mut().zip(tg.row(kk)).zip(&xhat) {
+                        *o += tg * h;
+                    }
+                }
+                if let Some(tb) = &beta_t {
+                    // ẏ += β̇
+                    for (o, &tb) in out.iter_mut().zip(tb.row(kk)) {
+                        *o += tb;
+                    }
+                }
+            }
         }
+    };
 
-        let (Some(k), Some(ty)) = (k, ty.as_mut()) else {
-            continue;
-        };
-        let rstd = F::from_f64(rstd);
-        for kk in 0..k {
-            let mut out = ty.row_mut(kk * rows + r);
-            if let Some(tx) = &tx {
-                // ẏ = γ⊙r·(ẋ − mean(ẋ) − x̂·mean(x̂⊙ẋ)), the means in f64
-                let trow = tx.row(kk * rows + r);
-                let (mut s_t, mut s_ht) = (0.0f64, 0.0f64);
-                Zip::from(&trow).and(&xhat).for_each(|&t, &h| {
-                    s_t += t.as_f64();
-                    s_ht += h.as_f64() * t.as_f64();
-                });
-                let m_t = match kind {
-                    Kind::Layer => F::from_f64(s_t * inv_n),
-                    Kind::Rms => F::zero(),
-                };
-                let m_ht = F::from_f64(s_ht * inv_n);
-                Zip::from(&mut out)
-                    .and(&trow)
-                    .and(&xhat)
-                    .and(&p.gamma)
-                    .for_each(|o, &t, &h, &g| *o = g * rstd * (t - m_t - h * m_ht));
-            }
-            if let Some(tg) = &p.gamma_t {
-                // ẏ += γ̇⊙x̂
-                Zip::from(&mut out)
-                    .and(&tg.row(kk))
-                    .and(&xhat)
-                    .for_each(|o, &tg, &h| *o += tg * h);
-            }
-            if let Some(tb) = &p.beta_t {
-                // ẏ += β̇
-                out += &tb.row(kk);
-            }
+    // rows split across threads (each row computed exactly as a serial pass would)
+    let ranges = parallel::row_ranges(rows, n * (1 + kn));
+    let y_parts = parallel::split_blocks(y.as_slice_mut().expect("row-major"), 1, rows, n, &ranges);
+    let ty_parts = match ty.as_mut() {
+        Some(t) => {
+            parallel::split_blocks(t.as_slice_mut().expect("row-major"), kn, rows, n, &ranges)
+        }
+        None => ranges.iter().map(|_| Vec::new()).collect(),
+    };
+    let parts: Vec<_> = ranges.iter().cloned().zip(y_parts).zip(ty_parts).collect();
+    parallel::run(parts, |((range, mut y_part), ty_part)| {
+        rows_body(range, y_part.pop().expect("one block"), ty_part);
+    });
+    // SAFETY: the ranges cover every row, and each range's body wrote its rows of `y` and, for
+    // every direction, of `ty`.
+    let (y, ty) = unsafe { (y.assume_init(), ty.map(|t| t.assume_init())) };
+    Ok(Dual::from_rows(x.shape(), y, k.zip(ty)))
+}
+
+/// `Σᵢ f(xᵢ)` in `f64` over eight interleaved partial sums (element `i` goes to lane `i mod 8`,
+/// the lanes are added pairwise at the end): independent additions, which the compiler turns into
+/// vector adds, where one running sum would wait on every addition. Deterministic for a given
+/// length.
+#[inline(always)]
+fn lane_sum<F: Float>(xs: &[F], f: impl Fn(F) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f(v);
         }
     }
-    Ok(Dual::from_rows(x.shape(), y, k.zip(ty)))
+    for (l, &v) in lanes.iter_mut().zip(tail) {
+        *l += f(v);
+    }
+    combine(lanes)
+}
+
+/// `(Σᵢ tᵢ, Σᵢ hᵢ·tᵢ)` in `f64` in one pass, with the lanes of [`lane_sum`].
+#[inline(always)]
+fn lane_sums_t_ht<F: Float>(t: &[F], h: &[F]) -> (f64, f64) {
+    let (mut st, mut sht) = ([0.0f64; 8], [0.0f64; 8]);
+    let (ct, ch) = (t.chunks_exact(8), h.chunks_exact(8));
+    let (rt, rh) = (ct.remainder(), ch.remainder());
+    let mut add = |tc: &[F], hc: &[F]| {
+        for (((a, b), &tv), &hv) in st.iter_mut().zip(sht.iter_mut()).zip(tc).zip(hc) {
+            *a += tv.as_f64();
+            *b += hv.as_f64() * tv.as_f64();
+        }
+    };
+    for (tc, hc) in ct.zip(ch) {
+        add(tc, hc);
+    }
+    add(rt, rh);
+    (combine(st), combine(sht))
+}
+
+/// The pairwise total of eight lanes.
+#[inline(always)]
+fn combine(l: [f64; 8]) -> f64 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
 // ---- naive reference twins (loops, one direction at a time) -------------------------------------

@@ -8,7 +8,7 @@
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Dimension, Ix1, Ix2, s};
 
 use super::check;
-use super::gemm::{gemm_into, matmul_nn, matmul_nt};
+use super::gemm::{gemm_blocks, gemm_into, gemm_new, matmul_nn, matmul_nt};
 use crate::{Dual, Float, Result, common_k};
 
 /// Linear layer with a frozen weight: `y = x·Wᵀ + b`, `ẏ = ẋ·Wᵀ`.
@@ -34,11 +34,8 @@ pub fn linear<F: Float, D: Dimension>(
     if let Some(b) = &b {
         check::exact(OP, b.shape(), &[out_f])?;
     }
-    // y[N, out] = x[N, in] · Wᵀ + b
-    let mut y = matmul_nt(x.primal_rows(), w);
-    if let Some(b) = b {
-        y += &b;
-    }
+    // y[N, out] = x[N, in] · Wᵀ + b, the bias written first and the product added onto it
+    let y = gemm_new(F::one(), x.primal_rows(), w.t(), b);
     // ẏ[K·N, out] = ẋ[K·N, in] · Wᵀ
     let ty = x
         .tangent_rows()
@@ -74,31 +71,27 @@ pub fn linear_dual<F: Float, D: Dimension>(
     let xr = x.primal_rows();
     let n = xr.nrows();
     // y[N, out] = x · Wᵀ + b
-    let mut y = matmul_nt(xr, w.primal().view());
-    if let Some(b) = b {
-        y += b.primal();
-    }
+    let y = gemm_new(F::one(), xr, w.primal().t(), b.map(|b| b.primal().view()));
     let Some(k) = k else {
         return Ok(Dual::from_rows(x.shape(), y, None));
     };
-    // ẏ[K·N, out]: start from ẋ·Wᵀ (one GEMM) or zero
-    let mut ty = match x.tangent_rows() {
-        Some(t) => matmul_nt(t, w.primal().view()),
-        None => Array2::zeros((k * n, out_f)),
-    };
-    if let Some(tw) = w.tangent() {
-        for kk in 0..k {
-            // ẏ_k += x[N, in] · Ẇ_kᵀ[in, out]
-            let block = ty.slice_mut(s![kk * n..(kk + 1) * n, ..]);
-            gemm_into(
-                F::one(),
-                xr,
-                tw.index_axis(Axis(0), kk).t(),
-                F::one(),
-                block,
-            );
+    // ẏ[K·N, out]: ẋ·Wᵀ (one GEMM) then += x·Ẇ_kᵀ per direction; without ẋ, ẏ_k = x·Ẇ_kᵀ is
+    // written directly (nothing is zero-filled first)
+    let mut ty = match (x.tangent_rows(), w.tangent()) {
+        (Some(t), tw) => {
+            let mut ty = matmul_nt(t, w.primal().view());
+            for (kk, tw) in tw.iter().flat_map(|tw| tw.outer_iter().enumerate()) {
+                // ẏ_k += x[N, in] · Ẇ_kᵀ[in, out]
+                let block = ty.slice_mut(s![kk * n..(kk + 1) * n, ..]);
+                gemm_into(F::one(), xr, tw.t(), F::one(), block);
+            }
+            ty
         }
-    }
+        (None, Some(tw)) => gemm_blocks(n, out_f, k, |kk| {
+            (F::one(), xr, tw.index_axis(Axis(0), kk).reversed_axes())
+        }),
+        (None, None) => Array2::zeros((k * n, out_f)), // only ḃ moves the output
+    };
     if let Some(tb) = b.and_then(Dual::tangent) {
         for kk in 0..k {
             // ẏ_k[n, :] += ḃ_k
@@ -132,23 +125,30 @@ pub fn matmul<F: Float>(a: &Dual<F, Ix2>, b: &Dual<F, Ix2>) -> Result<Dual<F, Ix
     let Some(k) = k else {
         return Ok(Dual::constant(c));
     };
-    // Ċ[K·m, n]: Ȧ·B in one GEMM, then A·Ḃ_k per direction
-    let mut tc = match a.tangent_rows() {
-        Some(ta) => matmul_nn(ta, b.primal().view()),
-        None => Array2::zeros((k * m, n)),
-    };
-    if let Some(tb) = b.tangent() {
-        for kk in 0..k {
-            let block = tc.slice_mut(s![kk * m..(kk + 1) * m, ..]);
-            gemm_into(
-                F::one(),
-                a.primal().view(),
-                tb.index_axis(Axis(0), kk),
-                F::one(),
-                block,
-            );
+    // Ċ[K·m, n]: Ȧ·B in one GEMM, then += A·Ḃ_k per direction; without Ȧ, Ċ_k = A·Ḃ_k
+    // written directly (every block is written, so nothing is zero-filled first)
+    let tc = match (a.tangent_rows(), b.tangent()) {
+        (Some(ta), tb) => {
+            let mut tc = matmul_nn(ta, b.primal().view());
+            if let Some(tb) = tb {
+                for kk in 0..k {
+                    let block = tc.slice_mut(s![kk * m..(kk + 1) * m, ..]);
+                    gemm_into(
+                        F::one(),
+                        a.primal().view(),
+                        tb.index_axis(Axis(0), kk),
+                        F::one(),
+                        block,
+                    );
+                }
+            }
+            tc
         }
-    }
+        (None, Some(tb)) => gemm_blocks(m, n, k, |kk| {
+            (F::one(), a.primal().view(), tb.index_axis(Axis(0), kk))
+        }),
+        (None, None) => unreachable!("k is Some, so an operand carries a tangent"),
+    };
     Ok(Dual::from_rows(&[m, n], c, Some((k, tc))))
 }
 

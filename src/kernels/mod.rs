@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod attention;
+mod buffer;
 mod check;
 pub mod cross_entropy;
 pub mod elementwise;
@@ -21,6 +22,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod lm_head_loss;
 pub mod lora;
+mod parallel;
 pub mod pooling;
 pub mod rms_norm;
 pub mod rope;

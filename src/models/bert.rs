@@ -16,8 +16,8 @@ use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix1, Ix2, Ix3};
 use super::source::{WeightSource, take1, take2};
 use crate::io::{Activation, BertConfig};
 use crate::kernels::{
-    AttentionShape, CrossEntropy, GeluKind, add, attention, cross_entropy, first_token_pool, gelu,
-    layer_norm, linear_dual, mean_pool, tanh,
+    AttentionShape, CrossEntropy, GeluKind, add_into, attention, cross_entropy, first_token_pool,
+    gelu, layer_norm, linear_dual, mean_pool, tanh,
 };
 use crate::modules::trainable::param_dual;
 use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
@@ -353,8 +353,9 @@ impl<F: Float> Bert<F> {
             let a = attention(&q, &k, &v, Some(batch.mask.view()), &shape)?;
             drop((q, k, v));
             let o = blk.attn_out.forward(&a, trainable, dirs, lora, dropout)?;
+            // the residual is added into o's buffers (no new allocation)
             x = layer_norm(
-                &add(&x, &o)?,
+                &add_into(o, &x)?,
                 blk.attn_ln.0.view(),
                 Some(blk.attn_ln.1.view()),
                 eps,
@@ -368,7 +369,7 @@ impl<F: Float> Bert<F> {
             let o = blk.output.forward(&hdn, trainable, dirs, lora, dropout)?;
             drop(hdn);
             x = layer_norm(
-                &add(&x, &o)?,
+                &add_into(o, &x)?,
                 blk.out_ln.0.view(),
                 Some(blk.out_ln.1.view()),
                 eps,
