@@ -106,6 +106,20 @@ impl Flower {
             }
             return;
         }
+        if let ServerOptimizer::FedAvgM { eta, momentum } = *opt {
+            // Flower's FedAvgM: pseudo_gradient = w − avg; momentum_vector = μ·mv + pg;
+            // w ← w − η·mv (the first round sets mv = pg).
+            let pg: Vec<f64> = delta.iter().map(|d| -d).collect();
+            let mv = match self.m.take() {
+                None => pg,
+                Some(mv) => mv.iter().zip(&pg).map(|(m, p)| momentum * m + p).collect(),
+            };
+            for (w, m) in self.w.iter_mut().zip(&mv) {
+                *w -= eta * m;
+            }
+            self.m = Some(mv);
+            return;
+        }
         let (eta, beta1, tau) = match *opt {
             ServerOptimizer::FedAdam {
                 eta, beta1, tau, ..
@@ -114,7 +128,7 @@ impl Flower {
                 eta, beta1, tau, ..
             } => (eta, beta1, tau),
             ServerOptimizer::FedAdagrad { eta, beta1, tau } => (eta, beta1, tau),
-            ServerOptimizer::FedAvg { .. } => unreachable!(),
+            ServerOptimizer::FedAvg { .. } | ServerOptimizer::FedAvgM { .. } => unreachable!(),
         };
         let m = self.m.get_or_insert_with(|| vec![0.0; delta.len()]);
         for (m, d) in m.iter_mut().zip(&delta) {
@@ -138,7 +152,7 @@ impl Flower {
                     *v - (1.0 - beta2) * d2 * sign
                 }
                 ServerOptimizer::FedAdagrad { .. } => *v + d2,
-                ServerOptimizer::FedAvg { .. } => unreachable!(),
+                ServerOptimizer::FedAvg { .. } | ServerOptimizer::FedAvgM { .. } => unreachable!(),
             };
         }
         let (m, v) = (self.m.as_ref().unwrap(), self.v.as_ref().unwrap());
@@ -206,6 +220,11 @@ fn all_optimizers() -> Vec<ServerOptimizer> {
     vec![
         ServerOptimizer::fedavg(),
         ServerOptimizer::FedAvg { eta: 0.5 },
+        ServerOptimizer::fedavgm(0.9),
+        ServerOptimizer::FedAvgM {
+            eta: 0.2,
+            momentum: 0.7,
+        },
         ServerOptimizer::fedadam(),
         ServerOptimizer::fedyogi(),
         ServerOptimizer::fedadagrad(),
@@ -235,6 +254,17 @@ fn defaults_are_flowers() {
         ServerOptimizer::fedavg(),
         ServerOptimizer::FedAvg { eta: 1.0 }
     );
+    assert_eq!(
+        ServerOptimizer::fedavgm(0.9),
+        ServerOptimizer::FedAvgM {
+            eta: 1.0,
+            momentum: 0.9
+        }
+    );
+    for opt in all_optimizers() {
+        assert_eq!(opt.with_eta(0.125).eta(), 0.125);
+        assert_eq!(opt.with_eta(opt.eta()), opt);
+    }
     assert_eq!(
         ServerOptimizer::fedyogi(),
         ServerOptimizer::FedYogi {

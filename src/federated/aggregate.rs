@@ -1,5 +1,5 @@
 //! Server side: validating client updates, averaging each trainable tensor over the clients that
-//! trained it, and the server optimizers (FedAvg, FedAdam, FedYogi, FedAdagrad).
+//! trained it, and the server optimizers (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad).
 //!
 //! For parameter p trained by the clients S_p this round, `w̄_p = Σ_{i∈S_p} n_i w_{i,p} / Σ n_i`,
 //! `Δ_p = w̄_p − w_p`, and the server optimizer turns Δ into the new global value (Reddi et al.,
@@ -7,10 +7,12 @@
 //!
 //! ```text
 //! FedAvg:     w ← w + η·Δ
+//! FedAvgM:    m ← μ·m + Δ;                                                   w ← w + η·m
 //! FedAdam:    m ← β1·m + (1−β1)·Δ;  v ← β2·v + (1−β2)·Δ²;                    w ← w + η·m/(√v + τ)
 //! FedYogi:    m ← β1·m + (1−β1)·Δ;  v ← v − (1−β2)·Δ²·sign(v − Δ²);          w ← w + η·m/(√v + τ)
 //! FedAdagrad: m ← β1·m + (1−β1)·Δ;  v ← v + Δ²;                               w ← w + η·m/(√v + τ)
 //! ```
+//! FedAvgM is Flower's server-momentum FedAvg (Hsu et al., 2019) written with Δ = −pseudo-gradient.
 //! m and v start at zero, with no bias correction. A parameter nobody trained keeps its value and
 //! its optimizer state.
 
@@ -52,6 +54,15 @@ pub enum ServerOptimizer {
         /// η.
         eta: f64,
     },
+    /// FedAvg with server momentum: `m ← μ·m + Δ; w ← w + η·m`. The momentum averages the
+    /// pseudo-gradients of several rounds, so one round whose sampled clients share a skewed
+    /// label mix moves the model less.
+    FedAvgM {
+        /// η.
+        eta: f64,
+        /// μ.
+        momentum: f64,
+    },
     /// FedAdam.
     FedAdam {
         /// η.
@@ -90,6 +101,10 @@ impl ServerOptimizer {
     pub fn fedavg() -> Self {
         ServerOptimizer::FedAvg { eta: 1.0 }
     }
+    /// FedAvgM with η = 1 and momentum μ.
+    pub fn fedavgm(momentum: f64) -> Self {
+        ServerOptimizer::FedAvgM { eta: 1.0, momentum }
+    }
     /// FedYogi with Flower's defaults (η = 1e-2, β1 = 0.9, β2 = 0.99, τ = 1e-3), as the Spry
     /// reference uses.
     pub fn fedyogi() -> Self {
@@ -117,10 +132,32 @@ impl ServerOptimizer {
             tau: 1e-9,
         }
     }
+    /// The server learning rate η.
+    pub fn eta(&self) -> f64 {
+        match *self {
+            ServerOptimizer::FedAvg { eta }
+            | ServerOptimizer::FedAvgM { eta, .. }
+            | ServerOptimizer::FedAdam { eta, .. }
+            | ServerOptimizer::FedYogi { eta, .. }
+            | ServerOptimizer::FedAdagrad { eta, .. } => eta,
+        }
+    }
+    /// The same optimizer with server learning rate `eta`.
+    pub fn with_eta(mut self, new: f64) -> Self {
+        match &mut self {
+            ServerOptimizer::FedAvg { eta }
+            | ServerOptimizer::FedAvgM { eta, .. }
+            | ServerOptimizer::FedAdam { eta, .. }
+            | ServerOptimizer::FedYogi { eta, .. }
+            | ServerOptimizer::FedAdagrad { eta, .. } => *eta = new,
+        }
+        self
+    }
     /// Name for logs.
     pub fn name(&self) -> &'static str {
         match self {
             ServerOptimizer::FedAvg { .. } => "fedavg",
+            ServerOptimizer::FedAvgM { .. } => "fedavgm",
             ServerOptimizer::FedAdam { .. } => "fedadam",
             ServerOptimizer::FedYogi { .. } => "fedyogi",
             ServerOptimizer::FedAdagrad { .. } => "fedadagrad",
@@ -199,6 +236,10 @@ impl<F: Float> Aggregator<F> for ServerState {
                 let delta = av.as_f64() - wf;
                 let new = match self.optimizer {
                     ServerOptimizer::FedAvg { eta } => wf + eta * delta,
+                    ServerOptimizer::FedAvgM { eta, momentum } => {
+                        *mv = momentum * *mv + delta;
+                        wf + eta * *mv
+                    }
                     ServerOptimizer::FedAdam {
                         eta,
                         beta1,
