@@ -210,6 +210,119 @@ fn per_iteration_uploads_k_scalars_per_step() {
     assert_ne!(sim.global.values(), init_params(5).values());
 }
 
+/// With one client per round, per-iteration mode replays exactly that client's local training:
+/// the server regenerates its directions, averages (one contributor) and steps the same
+/// optimizers, the exact head gradient included, so both modes end at the same weights.
+#[test]
+fn per_iteration_with_one_client_equals_per_epoch() {
+    for head_grad in [HeadGrad::Forward, HeadGrad::Exact] {
+        let mut cfg = config(Method::Spry, CommMode::PerIteration);
+        cfg.clients_per_round = 1;
+        cfg.rounds = 3;
+        cfg.client.head_grad = head_grad;
+        cfg.client.exact_optimizer = Some(LocalOptimizer::Sgd {
+            lr: 0.5,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        });
+        let iteration = run(cfg.clone());
+        cfg.comm = CommMode::PerEpoch;
+        let epoch = run(cfg);
+        assert_ne!(iteration.global.values(), init_params(5).values());
+        for (p, (a, b)) in iteration
+            .global
+            .values()
+            .iter()
+            .zip(epoch.global.values())
+            .enumerate()
+        {
+            for (x, y) in a.iter().zip(b.iter()) {
+                assert!(
+                    (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
+                    "{head_grad:?} param {p}: per-iteration {x} vs per-epoch {y}"
+                );
+            }
+        }
+    }
+}
+
+/// An exact head gradient in per-iteration mode adds its values (plus one index per tensor) to
+/// the upload of every step of every client assigned the head, and the averaged gradient to
+/// the broadcast; the JVP part stays K scalars per step.
+#[test]
+fn per_iteration_exact_head_uploads_the_head_gradient() {
+    // FedFgd: every client is assigned every unit, the head included
+    let mut cfg = config(Method::FedFgd, CommMode::PerIteration);
+    let forward = run(cfg.clone());
+    cfg.client.head_grad = HeadGrad::Exact;
+    let exact = run(cfg.clone());
+    let task = TinyTask::new();
+    let params = init_params(5);
+    let head = task.exact_params();
+    let head_len: usize = head.iter().map(|&p| params.value(p).len()).sum();
+    let per_step = spry::federated::comm::upload_gradients(head_len, head.len());
+    let (steps, m) = (4u64, cfg.clients_per_round as u64);
+    for (f, e) in forward.history.iter().zip(&exact.history) {
+        assert_eq!(
+            e.bytes.up,
+            f.bytes.up + steps * m * per_step,
+            "round {}",
+            e.round
+        );
+        assert_eq!(
+            e.bytes.down,
+            f.bytes.down + steps * m * per_step,
+            "round {}",
+            e.round
+        );
+    }
+    assert!(test_loss(&exact) < TinyTask::new().evaluate(&params).unwrap().loss);
+}
+
+/// `shared_units` adds units to every client's plan: with the head shared, every sampled client
+/// trains it, once, on top of the units the planner gave it (here the planner gives each of the
+/// two units to two of the four clients); a unit that does not exist is refused.
+#[test]
+fn shared_units_are_trained_by_every_client() {
+    let params = init_params(5);
+    let head_unit = params.units().len() - 1;
+    let head: Vec<usize> = params.units()[head_unit].params.clone().collect();
+    let has_head = |ps: &Vec<usize>| head.iter().all(|p| ps.contains(p));
+    let mut cfg = config(Method::Spry, CommMode::PerEpoch);
+    let plain = Simulation::new(cfg.clone(), init_params(5)).unwrap();
+    cfg.shared_units = vec![head_unit];
+    let shared = Simulation::new(cfg.clone(), init_params(5)).unwrap();
+    for round in 0..3 {
+        let a = plain.assignments(round, 4).unwrap();
+        let b = shared.assignments(round, 4).unwrap();
+        assert_eq!(
+            a.iter().filter(|ps| has_head(ps)).count(),
+            2,
+            "round {round}"
+        );
+        for (pa, pb) in a.iter().zip(&b) {
+            assert!(
+                pa.iter().all(|p| pb.contains(p)),
+                "round {round}: plan dropped"
+            );
+            for p in &head {
+                assert_eq!(pb.iter().filter(|&q| q == p).count(), 1, "round {round}");
+            }
+        }
+    }
+    // and the run uploads the head from every client: more bytes than the plan alone
+    let (with, without) = (
+        run(cfg.clone()),
+        run(config(Method::Spry, CommMode::PerEpoch)),
+    );
+    assert!(with.history[0].bytes.up > without.history[0].bytes.up);
+    cfg.shared_units = vec![2];
+    assert!(matches!(
+        Simulation::new(cfg, init_params(5)),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
 #[test]
 fn dropped_clients_and_failed_rounds_leave_the_state_unchanged() {
     let mut cfg = config(Method::Spry, CommMode::PerEpoch);

@@ -89,6 +89,14 @@ pub struct ClientConfig {
     pub zo_eps: f64,
 }
 
+impl ClientConfig {
+    /// The optimizer of the tensors trained on their exact gradient: `exact_optimizer`, or
+    /// `optimizer` when unset.
+    pub fn optimizer_of_exact(&self) -> &LocalOptimizer {
+        self.exact_optimizer.as_ref().unwrap_or(&self.optimizer)
+    }
+}
+
 /// What a client reports after local training.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LocalReport {
@@ -125,6 +133,20 @@ impl LocalReport {
     }
 }
 
+/// Splits a client's assigned parameters into those it trains on their exact gradient (the
+/// assigned ones among `exact_available`, with [`HeadGrad::Exact`]) and those it perturbs, both in
+/// assignment order.
+pub fn split_exact(
+    assigned: &[usize],
+    exact_available: &[usize],
+    head_grad: HeadGrad,
+) -> (Vec<usize>, Vec<usize>) {
+    assigned
+        .iter()
+        .copied()
+        .partition(|p| head_grad == HeadGrad::Exact && exact_available.contains(p))
+}
+
 /// Trains `params` in place on `batches` for `cfg.local_epochs`, perturbing only `assigned`.
 ///
 /// `state` carries the optimizer moments (reset by the caller between rounds, or kept).
@@ -140,20 +162,7 @@ pub fn train_local<F: Float, O: Objective<F>>(
     state: &mut OptimizerState,
     key: StepKey,
 ) -> Result<LocalReport> {
-    let exact_available = objective.exact_params();
-    let exact_for: Vec<usize> = match cfg.head_grad {
-        HeadGrad::Exact => assigned
-            .iter()
-            .copied()
-            .filter(|p| exact_available.contains(p))
-            .collect(),
-        HeadGrad::Forward => Vec::new(),
-    };
-    let perturbed: Vec<usize> = assigned
-        .iter()
-        .copied()
-        .filter(|p| !exact_for.contains(p))
-        .collect();
+    let (exact_for, perturbed) = split_exact(assigned, &objective.exact_params(), cfg.head_grad);
     let est_cfg = EstimatorConfig {
         jvp_clip: cfg.jvp_clip,
     };
@@ -205,7 +214,7 @@ pub fn train_local<F: Float, O: Objective<F>>(
             for (p, g) in exact {
                 grads[p] = Some(g);
             }
-            let exact_opt = cfg.exact_optimizer.as_ref().unwrap_or(&cfg.optimizer);
+            let exact_opt = cfg.optimizer_of_exact();
             state.step_with(
                 |p| {
                     if exact_for.contains(&p) {

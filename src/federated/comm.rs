@@ -8,6 +8,9 @@
 //!   directions from the seed, forms the estimate, averages it per tensor over the clients
 //!   assigned to it and steps the optimizer; it broadcasts all clients' JVP scalars, from which
 //!   every client replays the same update. Upload and download per step are O(K) floats per client.
+//!   With an exact head gradient (`HeadGrad::Exact`) a client also uploads that gradient each step
+//!   (O(head) floats: 2·384 + 2 for MiniLM's 2-class head), and the server broadcasts the
+//!   per-tensor average of those gradients.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +59,12 @@ pub fn upload_tensors(n_scalars: usize, n_tensors: usize) -> u64 {
 /// Per-iteration upload of one client for one step: K JVP scalars and the example count.
 pub fn upload_jvps(k: usize) -> u64 {
     k as u64 * F32_BYTES + INDEX_BYTES
+}
+
+/// Per-iteration upload of one client's exact gradients for one step: the values and one index
+/// per tensor.
+pub fn upload_gradients(n_scalars: usize, n_tensors: usize) -> u64 {
+    n_scalars as u64 * F32_BYTES + n_tensors as u64 * INDEX_BYTES
 }
 
 /// Per-iteration broadcast for one step: every participating client's K JVP scalars and counts,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::aggregate::{
     ClientUpdate, RoundExpectation, ServerOptimizer, ServerState, aggregate_round,
 };
-use super::client::{ClientConfig, Objective, train_local};
+use super::client::{ClientConfig, HeadGrad, Objective, split_exact, train_local};
 use super::comm::{self, CommMode, RoundBytes};
 use super::estimator::{Estimate, EstimatorConfig, forward_gradient};
 use super::mezo::train_local_mezo;
@@ -26,7 +26,7 @@ use super::perturb::{StepKey, directions};
 use super::planner::{
     AllUnitsPlanner, DepthAwarePlanner, Planner, ReferencePlanner, ReshufflePlanner,
 };
-use crate::modules::{DropoutKey, Trainable};
+use crate::modules::{Directions, DropoutKey, Trainable};
 pub use crate::parallel::parallel_map;
 use crate::rng::{Domain, KeyedRng};
 use crate::{Error, Float, Result};
@@ -168,9 +168,18 @@ pub struct Checkpoint {
     pub history: Vec<RoundMetrics>,
 }
 
-/// What a client sends per step in per-iteration mode: (client, its parameters, K JVP scalars,
-/// batch size, loss).
-type JvpUpload<F> = (u64, Vec<usize>, Vec<F>, usize, f64);
+/// What a client sends per step in per-iteration mode.
+struct JvpUpload<F: Float> {
+    client: u64,
+    /// The parameters it perturbed (the server replays their directions).
+    perturbed: Vec<usize>,
+    /// K JVP scalars (empty if nothing was perturbed).
+    jvp: Vec<F>,
+    /// Exact gradients of the parameters it trains on them.
+    exact: Vec<(usize, ArrayD<F>)>,
+    n_examples: usize,
+    loss: f64,
+}
 
 /// A running simulation.
 pub struct Simulation<F: Float> {
@@ -216,6 +225,13 @@ impl<F: Float> Simulation<F> {
         }
         if !(0.0..1.0).contains(&config.drop_prob) {
             return Err(Error::invalid(OP, "drop probability must be in [0, 1)"));
+        }
+        let n_units = initial.units().len();
+        if let Some(&u) = config.shared_units.iter().find(|&&u| u >= n_units) {
+            return Err(Error::invalid(
+                OP,
+                format!("shared unit {u} does not exist ({n_units} units)"),
+            ));
         }
         let server = ServerState::new(config.server, initial.len());
         Ok(Simulation {
@@ -346,6 +362,30 @@ impl<F: Float> Simulation<F> {
             .collect()
     }
 
+    /// The parameter indices each of the `n_sampled` clients of `round` trains, in sampled
+    /// order: its planned units plus the `shared_units` (each unit once).
+    ///
+    /// # Errors
+    /// The planner's errors (e.g. no client).
+    pub fn assignments(&self, round: u64, n_sampled: usize) -> Result<Vec<Vec<usize>>> {
+        let plan = self
+            .planner()
+            .plan(round, n_sampled, self.global.units().len())?;
+        Ok(plan
+            .units
+            .iter()
+            .map(|planned| {
+                let mut units = planned.clone();
+                for &u in &self.config.shared_units {
+                    if !units.contains(&u) {
+                        units.push(u);
+                    }
+                }
+                self.params_of(&units)
+            })
+            .collect())
+    }
+
     /// Runs one round and returns its metrics.
     ///
     /// # Errors
@@ -354,10 +394,7 @@ impl<F: Float> Simulation<F> {
     pub fn run_round<T: FederatedTask<F>>(&mut self, task: &T) -> Result<RoundMetrics> {
         let round = self.round;
         let (sampled, dropped) = self.sample_clients(round, task.n_clients());
-        let plan = self
-            .planner()
-            .plan(round, sampled.len(), self.global.units().len())?;
-        let assigned: Vec<Vec<usize>> = plan.units.iter().map(|u| self.params_of(u)).collect();
+        let assigned = self.assignments(round, sampled.len())?;
         let (train_loss, bytes, skipped, rejected) = match self.config.comm {
             CommMode::PerEpoch => self.round_per_epoch(task, &sampled, &dropped, &assigned)?,
             CommMode::PerIteration => {
@@ -530,8 +567,10 @@ impl<F: Float> Simulation<F> {
             jvp_clip: cfg.client.jvp_clip,
         };
         let (mut loss_sum, mut n_loss, mut skipped) = (0.0, 0usize, 0usize);
+        let exact_available = task.exact_params();
         for step in 0..steps {
-            // clients: one dual pass each on the current global, upload K scalars
+            // clients: one dual pass each on the current global, upload K scalars (and the exact
+            // gradients of the tensors trained on them)
             let global = &self.global;
             let work: Vec<(usize, u64, Vec<usize>)> = active
                 .iter()
@@ -542,62 +581,120 @@ impl<F: Float> Simulation<F> {
             let uploads = parallel_map(
                 work,
                 cfg.workers,
-                |(i, c, params)| -> Result<JvpUpload<F>> {
+                |(i, client, params)| -> Result<JvpUpload<F>> {
                     let batch = &batches[i][step % batches[i].len()];
                     let key = StepKey {
                         seed: cfg.seed,
                         round,
-                        client: c,
+                        client,
                         step: step as u64,
                     };
-                    let dirs = directions(global, &params, cfg.client.k, key)?;
+                    let (exact_for, perturbed) =
+                        split_exact(&params, &exact_available, cfg.client.head_grad);
+                    let dirs = if perturbed.is_empty() {
+                        Directions::none(global.len())
+                    } else {
+                        directions(global, &perturbed, cfg.client.k, key)?
+                    };
                     let dropout = cfg.client.dropout.then(|| DropoutKey {
                         seed: cfg.seed,
-                        parts: vec![round, c, step as u64],
+                        parts: vec![round, client, step as u64],
                     });
-                    let out = task.loss_jvp(batch, global, &dirs, dropout.as_ref(), &[])?;
-                    let jvp = out.jvp.map(|j| j.to_vec()).unwrap_or_default();
-                    Ok((c, params, jvp, task.batch_len(batch), out.loss.as_f64()))
+                    let out = task.loss_jvp(batch, global, &dirs, dropout.as_ref(), &exact_for)?;
+                    Ok(JvpUpload {
+                        client,
+                        perturbed,
+                        jvp: out.jvp.map(|j| j.to_vec()).unwrap_or_default(),
+                        exact: out
+                            .exact
+                            .into_iter()
+                            .filter(|(p, _)| exact_for.contains(p))
+                            .collect(),
+                        n_examples: task.batch_len(batch),
+                        loss: out.loss.as_f64(),
+                    })
                 },
             )?;
-            bytes.up += uploads
-                .iter()
-                .map(|_| comm::upload_jvps(cfg.client.k))
-                .sum::<u64>();
+            let exact_size = |u: &JvpUpload<F>| {
+                let n: usize = u.exact.iter().map(|(_, g)| g.len()).sum();
+                (n, u.exact.len())
+            };
+            for u in &uploads {
+                let (n_s, n_t) = exact_size(u);
+                bytes.up += comm::upload_jvps(cfg.client.k);
+                if n_t > 0 {
+                    bytes.up += comm::upload_gradients(n_s, n_t);
+                }
+            }
             bytes.down += comm::broadcast_jvps(cfg.client.k, uploads.len());
             // server: replay each client's directions from the seed, average per tensor, step
             let mut sums: Vec<Option<(ArrayD<F>, f64)>> = vec![None; self.global.len()];
-            for (c, params, jvp, n, loss) in uploads {
-                let key = StepKey {
-                    seed: cfg.seed,
-                    round,
-                    client: c,
-                    step: step as u64,
-                };
-                let dirs = directions(&self.global, &params, cfg.client.k, key)?;
-                match forward_gradient(&jvp, &dirs, &est_cfg)? {
-                    Estimate::NonFinite => skipped += 1,
-                    Estimate::Gradient(g) => {
-                        for (p, g) in g.into_iter().enumerate() {
-                            if let Some(g) = g {
-                                let e =
-                                    sums[p].get_or_insert_with(|| (ArrayD::zeros(g.shape()), 0.0));
-                                e.0.scaled_add(F::from_usize(n), &g);
-                                e.1 += n as f64;
-                            }
+            for u in uploads {
+                let mut grads: Vec<(usize, ArrayD<F>)> = Vec::new();
+                if !u.perturbed.is_empty() {
+                    let key = StepKey {
+                        seed: cfg.seed,
+                        round,
+                        client: u.client,
+                        step: step as u64,
+                    };
+                    let dirs = directions(&self.global, &u.perturbed, cfg.client.k, key)?;
+                    match forward_gradient(&u.jvp, &dirs, &est_cfg)? {
+                        Estimate::NonFinite => {
+                            skipped += 1;
+                            continue;
                         }
-                        if loss.is_finite() {
-                            loss_sum += loss;
-                            n_loss += 1;
-                        }
+                        Estimate::Gradient(g) => grads.extend(
+                            g.into_iter()
+                                .enumerate()
+                                .filter_map(|(p, g)| g.map(|g| (p, g))),
+                        ),
                     }
                 }
+                if !u.loss.is_finite()
+                    || u.exact
+                        .iter()
+                        .any(|(_, g)| g.iter().any(|v| !v.is_finite()))
+                {
+                    skipped += 1;
+                    continue;
+                }
+                grads.extend(u.exact);
+                for (p, g) in grads {
+                    let e = sums[p].get_or_insert_with(|| (ArrayD::zeros(g.shape()), 0.0));
+                    e.0.scaled_add(F::from_usize(u.n_examples), &g);
+                    e.1 += u.n_examples as f64;
+                }
+                loss_sum += u.loss;
+                n_loss += 1;
             }
             let grads: Vec<Option<ArrayD<F>>> = sums
                 .into_iter()
                 .map(|s| s.map(|(g, w)| g.mapv(|v| v / F::from_f64(w))))
                 .collect();
-            state.step(&cfg.client.optimizer, &mut self.global, &grads)?;
+            // the averaged exact gradients go to every participant with the JVP broadcast
+            let (n_s, n_t) = grads
+                .iter()
+                .enumerate()
+                .filter(|(p, g)| g.is_some() && exact_available.contains(p))
+                .fold((0, 0), |(s, t), (_, g)| {
+                    (s + g.as_ref().map_or(0, |g| g.len()), t + 1)
+                });
+            if n_t > 0 && cfg.client.head_grad == HeadGrad::Exact {
+                bytes.down += active.len() as u64 * comm::upload_gradients(n_s, n_t);
+            }
+            let exact_opt = cfg.client.optimizer_of_exact();
+            state.step_with(
+                |p| {
+                    if cfg.client.head_grad == HeadGrad::Exact && exact_available.contains(&p) {
+                        exact_opt
+                    } else {
+                        &cfg.client.optimizer
+                    }
+                },
+                &mut self.global,
+                &grads,
+            )?;
         }
         self.iteration_state = Some(state);
         let mean = if n_loss > 0 {
