@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 
 use ndarray::{Array, Dimension, ShapeBuilder};
 
-use super::parallel;
+use crate::parallel;
 
 /// Buffers of at least this many bytes are advised to use transparent huge pages: glibc's
 /// largest dynamic mmap threshold (`DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit), above which every

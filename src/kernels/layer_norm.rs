@@ -19,7 +19,8 @@ use std::ops::Range;
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Dimension, Ix1};
 
-use super::{buffer, check, parallel};
+use super::{buffer, check};
+use crate::parallel;
 use crate::{Dual, Float, Result, common_k};
 
 /// LayerNorm over the last axis with frozen `γ` and `β`.

@@ -22,7 +22,6 @@ pub mod layer_norm;
 pub mod linear;
 pub mod lm_head_loss;
 pub mod lora;
-mod parallel;
 pub mod pooling;
 pub mod rms_norm;
 pub mod rope;
