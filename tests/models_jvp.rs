@@ -480,6 +480,46 @@ fn bert_padding_does_not_leak() {
     }
 }
 
+/// Micro-batching (`with_max_rows`) changes only which sequences share a pass: logits, features,
+/// loss and JVP equal the whole-batch pass bit for bit, for budgets giving one sequence per chunk
+/// (1, 8: T = 8), two (16, 23) or the whole batch (24). With dropout every chunk draws its own
+/// masks, and the JVP is still the derivative of that fixed-mask loss.
+#[test]
+fn bert_micro_batches_equal_the_whole_batch() {
+    let (model, tr) = tiny_bert(BERT_ALL, 0.0, 43);
+    let (batch, labels) = bert_batch(43);
+    let dirs = make_dirs(&tr, Subset::All, 3, 43);
+    let whole = model
+        .forward(&batch, Some(&labels), &tr, &dirs, None)
+        .unwrap();
+    for rows in [1, 8, 16, 23, 24] {
+        let (chunked, _) = tiny_bert(BERT_ALL, 0.0, 43);
+        let part = chunked
+            .with_max_rows(rows)
+            .forward(&batch, Some(&labels), &tr, &dirs, None)
+            .unwrap();
+        assert_eq!(part.logits, whole.logits, "max_rows {rows}: logits");
+        assert_eq!(part.features, whole.features, "max_rows {rows}: features");
+        assert_eq!(part.loss, whole.loss, "max_rows {rows}: loss and JVP");
+    }
+    let (model, tr) = tiny_bert(BERT_ALL, 0.25, 44);
+    let model = model.with_max_rows(8);
+    let (batch, labels) = bert_batch(44);
+    let key = DropoutKey {
+        seed: 44,
+        parts: vec![1, 2, 3],
+    };
+    let dirs = make_dirs(&tr, Subset::All, 2, 44);
+    check_jvp("bert micro-batched with dropout", &tr, &dirs, |tr, dirs| {
+        let ce = model
+            .forward(&batch, Some(&labels), tr, dirs, Some(&key))
+            .unwrap()
+            .loss
+            .unwrap();
+        (ce.loss, ce.jvp)
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Llama
 // ---------------------------------------------------------------------------------------------
@@ -574,9 +614,11 @@ fn llama_batch(t: usize, pads: &[usize], lens: &[usize], seed: u64) -> LlamaBatc
     LlamaBatch { ids, labels, mask }
 }
 
-/// The batches of the Llama cases, all with more than [`LOSS_CHUNK_ROWS`] rows in total:
-/// - 2 × 40: row 1 is right-padded from 20, so the second chunk (rows 64..80) has no valid label;
-/// - 3 × 30: row 2 is left-padded by 3 and the chunk boundary (row 64) falls inside it.
+/// The batches of the Llama cases, each with more than [`LOSS_CHUNK_ROWS`] rows (the loss runs
+/// them in one row chunk at the K used here; the fused loss's chunk boundaries are tested in
+/// `tests/frozen_weight.rs` for chunks of 1, 3 and 64 rows):
+/// - 2 × 40: row 1 is right-padded from 20, so rows 64..80 have no valid label;
+/// - 3 × 30: row 2 is left-padded by 3 (rows 60..63 are padding).
 fn llama_batches(seed: u64) -> Vec<LlamaBatch> {
     let out = vec![
         llama_batch(40, &[0, 0], &[40, 20], seed),
@@ -605,6 +647,38 @@ fn llama_loss(
         )
         .unwrap();
     (ce.loss, ce.jvp)
+}
+
+/// Micro-batching (`with_max_rows`) changes only which sequences share a pass: the loss, its JVP
+/// and the last-position logits equal the whole-batch pass bit for bit, for budgets of one
+/// sequence per chunk (1, 12: T = 12), two (24) or all three (36); padded rows included.
+#[test]
+fn llama_micro_batches_equal_the_whole_batch() {
+    let (model, tr) = tiny_llama(LLAMA_ALL, 0.2, 47);
+    let b = llama_batch(12, &[0, 2, 0], &[12, 12, 7], 47);
+    let dirs = make_dirs(&tr, Subset::All, 3, 47);
+    let loss = |m: &Llama<f64>| {
+        m.loss(
+            b.ids.view(),
+            b.labels.view(),
+            Some(b.mask.view()),
+            &tr,
+            &dirs,
+            None,
+        )
+        .unwrap()
+    };
+    let (whole, whole_logits) = (loss(&model), model.last_logits(b.ids.view(), &tr).unwrap());
+    assert!(whole.jvp.is_some());
+    for rows in [1, 12, 24, 36] {
+        let chunked = tiny_llama(LLAMA_ALL, 0.2, 47).0.with_max_rows(rows);
+        assert_eq!(loss(&chunked), whole, "max_rows {rows}: loss and JVP");
+        assert_eq!(
+            chunked.last_logits(b.ids.view(), &tr).unwrap(),
+            whole_logits,
+            "max_rows {rows}: last logits"
+        );
+    }
 }
 
 fn llama_cases(targets: &[&str], cases: &[(Subset, usize)], seed: u64) -> (f64, f64) {

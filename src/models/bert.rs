@@ -11,8 +11,11 @@
 //! Any of the six linear layers of a block can carry a LoRA adapter (PEFT's suffix match on
 //! `query`, `key`, `value`, `attention.output.dense`, `intermediate.dense`, `output.dense`).
 
-use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix1, Ix2, Ix3};
+use std::ops::Range;
 
+use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix1, Ix2, Ix3, s};
+
+use super::microbatch::{DEFAULT_MAX_ROWS, chunk_dropout, chunk_ranges, stack_chunks};
 use super::source::{WeightSource, take1, take2};
 use crate::io::{Activation, BertConfig};
 use crate::kernels::{
@@ -60,6 +63,18 @@ impl BertBatch {
             mask,
         })
     }
+
+    /// The sequences `range` of the batch.
+    ///
+    /// # Shapes
+    /// - output: `[range.len(), T]`
+    pub fn rows(&self, range: Range<usize>) -> BertBatch {
+        BertBatch {
+            ids: self.ids.slice(s![range.clone(), ..]).to_owned(),
+            type_ids: self.type_ids.slice(s![range.clone(), ..]).to_owned(),
+            mask: self.mask.slice(s![range, ..]).to_owned(),
+        }
+    }
 }
 
 struct Block<F: Float> {
@@ -88,6 +103,8 @@ pub struct Bert<F: Float> {
     /// Module-path prefix of the encoder inside a PEFT-wrapped model (`bert.` for
     /// `BertForSequenceClassification`, empty for a bare `BertModel`).
     path_prefix: String,
+    /// Row budget (sequences × positions) of one micro-batch of [`Bert::encode`].
+    max_rows: usize,
 }
 
 fn frozen<F: Float>(
@@ -210,7 +227,17 @@ impl<F: Float> Bert<F> {
             act,
             pooler,
             path_prefix: module_prefix.to_string(),
+            max_rows: DEFAULT_MAX_ROWS,
         })
+    }
+
+    /// The same encoder running [`Bert::encode`] in micro-batches of at most `max_rows` rows
+    /// (sequences × positions, at least one sequence; default
+    /// [`DEFAULT_MAX_ROWS`](super::microbatch::DEFAULT_MAX_ROWS)): a smaller budget lowers the
+    /// peak working memory of long batches, a larger one lets more rows share each GEMM.
+    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
+        self.max_rows = max_rows;
+        self
     }
 
     /// The configuration.
@@ -320,6 +347,10 @@ impl<F: Float> Bert<F> {
     ///
     /// # Errors
     /// Shape errors for a malformed batch; kernel errors.
+    ///
+    /// The batch runs in micro-batches of at most [`Bert::with_max_rows`] rows (the sequences
+    /// never interact), each through all layers, so only one micro-batch's activations exist at
+    /// a time; with dropout, micro-batch c of several draws its masks with c appended to the key.
     pub fn encode(
         &self,
         batch: &BertBatch,
@@ -334,6 +365,25 @@ impl<F: Float> Bert<F> {
                 batch.mask.shape(),
             ));
         }
+        let (b, t) = batch.ids.dim();
+        let ranges = chunk_ranges(b, t, self.max_rows);
+        if ranges.len() <= 1 {
+            return self.encode_all(batch, trainable, dirs, dropout);
+        }
+        stack_chunks(&ranges, |range, c| {
+            let key = chunk_dropout(dropout, c, ranges.len());
+            self.encode_all(&batch.rows(range), trainable, dirs, key.as_ref())
+        })
+    }
+
+    /// [`Bert::encode`] of the whole batch in one pass.
+    fn encode_all(
+        &self,
+        batch: &BertBatch,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+        dropout: Option<&DropoutKey>,
+    ) -> Result<Dual<F, Ix3>> {
         let cfg = &self.config;
         let heads = cfg.num_attention_heads;
         let shape = AttentionShape {
@@ -500,6 +550,13 @@ impl<F: Float> BertClassifier<F> {
     /// Uses `pooling` to read the encoder's output.
     pub fn with_pooling(mut self, pooling: Pooling) -> Self {
         self.pooling = pooling;
+        self
+    }
+
+    /// Runs the encoder in micro-batches of at most `max_rows` rows (see
+    /// [`Bert::with_max_rows`]).
+    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
+        self.bert = self.bert.with_max_rows(max_rows);
         self
     }
 

@@ -15,9 +15,10 @@
 //! never held.
 //! LoRA targets match `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`.
 
-use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix3};
+use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix3, s};
 
 use super::bert::PEFT_PREFIX;
+use super::microbatch::{DEFAULT_MAX_ROWS, chunk_dropout, chunk_ranges, stack_chunks};
 use super::source::{WeightSource, take_frozen, take1};
 use crate::io::LlamaConfig;
 use crate::kernels::{
@@ -65,6 +66,8 @@ pub struct Llama<F: Float> {
     norm: Array1<F>,
     lm_head: Option<FrozenWeight<F>>,
     rope: RopeTable<F>,
+    /// Row budget (sequences × positions) of one micro-batch of a pass without KV cache.
+    max_rows: usize,
 }
 
 fn proj<F: Float>(
@@ -156,7 +159,17 @@ impl<F: Float> Llama<F> {
             norm,
             lm_head,
             rope,
+            max_rows: DEFAULT_MAX_ROWS,
         })
+    }
+
+    /// The same model running passes without KV cache (loss, last logits) in micro-batches of
+    /// at most `max_rows` rows (sequences × positions, at least one sequence; default
+    /// [`DEFAULT_MAX_ROWS`](super::microbatch::DEFAULT_MAX_ROWS)): only one micro-batch's
+    /// activations exist at a time.
+    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
+        self.max_rows = max_rows;
+        self
     }
 
     /// The configuration.
@@ -242,8 +255,47 @@ impl<F: Float> Llama<F> {
     }
 
     /// The final hidden state (after the last RMSNorm) `[B, T, H]`; with `cache`, keys and
-    /// values are appended to it and positions start after the cached ones.
+    /// values are appended to it and positions start after the cached ones. Without a cache the
+    /// batch runs in micro-batches of at most `max_rows` rows (the sequences never interact);
+    /// with dropout, micro-batch c of several draws its masks with c appended to the key.
     fn hidden(
+        &self,
+        ids: ArrayView2<'_, u32>,
+        key_mask: Option<ArrayView2<'_, bool>>,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+        dropout: Option<&DropoutKey>,
+        cache: Option<&mut KvCache<F>>,
+    ) -> Result<Dual<F, Ix3>> {
+        let (b, t) = ids.dim();
+        let ranges = chunk_ranges(b, t, self.max_rows);
+        if cache.is_some() || ranges.len() <= 1 {
+            return self.hidden_all(ids, key_mask, trainable, dirs, dropout, cache);
+        }
+        if let Some(m) = key_mask
+            && m.dim() != ids.dim()
+        {
+            return Err(Error::shape(
+                "Llama::hidden",
+                format!("key mask {:?}", ids.shape()),
+                m.shape(),
+            ));
+        }
+        stack_chunks(&ranges, |range, c| {
+            let key = chunk_dropout(dropout, c, ranges.len());
+            self.hidden_all(
+                ids.slice(s![range.clone(), ..]),
+                key_mask.map(|m| m.slice_move(s![range, ..])),
+                trainable,
+                dirs,
+                key.as_ref(),
+                None,
+            )
+        })
+    }
+
+    /// [`Llama::hidden`] of the whole batch in one pass.
+    fn hidden_all(
         &self,
         ids: ArrayView2<'_, u32>,
         key_mask: Option<ArrayView2<'_, bool>>,

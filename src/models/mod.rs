@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod llama;
+pub mod microbatch;
 pub mod pretrained;
 pub mod source;
 
