@@ -138,6 +138,14 @@ fn attention_causal_case(k: Option<usize>) -> Box<dyn FnMut()> {
     attention_call(AttentionInputs::new(SEQ, k, true))
 }
 
+/// q and v dual, k a symbolic zero: the first perturbed layer of a client with LoRA on query
+/// and value (the tangent enters at q and v only).
+fn attention_qv_case(k: Option<usize>) -> Box<dyn FnMut()> {
+    let mut x = AttentionInputs::new(SEQ, k, false);
+    x.k = Dual::constant(x.k.primal().clone());
+    attention_call(x)
+}
+
 fn attention_call(x: AttentionInputs) -> Box<dyn FnMut()> {
     Box::new(move || {
         std::hint::black_box(x.run());
@@ -231,6 +239,10 @@ pub fn all() -> Vec<KernelCase> {
         KernelCase {
             name: "attention 12 heads (q,k,v dual)",
             prepare: attention_case,
+        },
+        KernelCase {
+            name: "attention 12 heads (q,v dual)",
+            prepare: attention_qv_case,
         },
         KernelCase {
             name: "attention causal (q,k,v dual)",
