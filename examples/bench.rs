@@ -25,7 +25,7 @@ use clap::{Parser, ValueEnum};
 use ndarray::Array2;
 use spry::federated::{
     ClassificationTask, ClientConfig, HeadGrad, LabelledBatch, LanguageModelTask, LmBatch,
-    LocalOptimizer, OptimizerState, StepKey, directions, train_local,
+    LocalOptimizer, Objective, OptimizerState, StepKey, directions, train_local,
 };
 use spry::metrics::{current_rss_mib, median_time, peak_rss_mib};
 use spry::models::bert::{BertBatch, BertClassifier, Pooling};
@@ -251,6 +251,28 @@ fn client_step(cfg_k: usize) -> ClientConfig {
     }
 }
 
+/// One client step over every LoRA tensor (loss, JVP with one direction, estimate, AdamW
+/// update) on `batches`; returns its wall time in ms.
+fn one_client_step<O: Objective<f32>>(
+    task: &O,
+    params: &mut Trainable<f32>,
+    batches: &[O::Batch],
+) -> Res<f64> {
+    let all = lora_params(params, None);
+    let mut state = OptimizerState::new(params.len());
+    let t0 = std::time::Instant::now();
+    train_local(
+        task,
+        params,
+        &all,
+        batches,
+        &client_step(1),
+        &mut state,
+        key(),
+    )?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
+}
+
 fn child(c: Child) -> Res<()> {
     match c {
         Child::Step512 => {
@@ -266,25 +288,14 @@ fn child(c: Child) -> Res<()> {
                 seed: 0,
                 eval_batch: BATCH,
             };
-            let all = lora_params(&params, None);
-            let mut state = OptimizerState::new(params.len());
             let resident = current_rss_mib().ok_or("no /proc/self/status")?;
-            let t0 = std::time::Instant::now();
-            train_local(
-                &task,
-                &mut params,
-                &all,
-                &batches,
-                &client_step(1),
-                &mut state,
-                key(),
-            )?;
+            let ms = one_client_step(&task, &mut params, &batches)?;
             let peak = peak_rss_mib().ok_or("no /proc/self/status")?;
             println!(
                 "{}",
                 serde_json::json!({
                     "step_peak_mib_t512": peak - resident,
-                    "step_ms_t512": t0.elapsed().as_secs_f64() * 1e3,
+                    "step_ms_t512": ms,
                     "minilm_resident_mib": resident,
                 })
             );
@@ -307,24 +318,13 @@ fn child(c: Child) -> Res<()> {
                 client_train: Vec::new(),
                 seed: 0,
             };
-            let all = lora_params(&params, None);
-            let mut state = OptimizerState::new(params.len());
-            let t0 = std::time::Instant::now();
-            train_local(
-                &task,
-                &mut params,
-                &all,
-                &batches,
-                &client_step(1),
-                &mut state,
-                key(),
-            )?;
+            let ms = one_client_step(&task, &mut params, &batches)?;
             println!(
                 "{}",
                 serde_json::json!({
                     "smollm2_step_peak_rss_mib": peak_rss_mib().ok_or("no /proc/self/status")?,
                     "smollm2_resident_mib": resident,
-                    "smollm2_step_ms": t0.elapsed().as_secs_f64() * 1e3,
+                    "smollm2_step_ms": ms,
                 })
             );
         }

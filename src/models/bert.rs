@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix1, Ix2, Ix3, s};
 
-use super::microbatch::{DEFAULT_MAX_ROWS, chunk_dropout, chunk_ranges, stack_chunks};
+use super::microbatch::{DEFAULT_MAX_ROWS, map_micro_batches};
 use super::source::{WeightSource, take1, take2};
 use crate::io::{Activation, BertConfig};
 use crate::kernels::{
@@ -366,13 +366,8 @@ impl<F: Float> Bert<F> {
             ));
         }
         let (b, t) = batch.ids.dim();
-        let ranges = chunk_ranges(b, t, self.max_rows);
-        if ranges.len() <= 1 {
-            return self.encode_all(batch, trainable, dirs, dropout);
-        }
-        stack_chunks(&ranges, |range, c| {
-            let key = chunk_dropout(dropout, c, ranges.len());
-            self.encode_all(&batch.rows(range), trainable, dirs, key.as_ref())
+        map_micro_batches(b, t, self.max_rows, dropout, |range, key| {
+            self.encode_all(&batch.rows(range), trainable, dirs, key)
         })
     }
 

@@ -18,7 +18,7 @@
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix3, s};
 
 use super::bert::PEFT_PREFIX;
-use super::microbatch::{DEFAULT_MAX_ROWS, chunk_dropout, chunk_ranges, stack_chunks};
+use super::microbatch::{DEFAULT_MAX_ROWS, map_micro_batches};
 use super::source::{WeightSource, take_frozen, take1};
 use crate::io::LlamaConfig;
 use crate::kernels::{
@@ -267,9 +267,7 @@ impl<F: Float> Llama<F> {
         dropout: Option<&DropoutKey>,
         cache: Option<&mut KvCache<F>>,
     ) -> Result<Dual<F, Ix3>> {
-        let (b, t) = ids.dim();
-        let ranges = chunk_ranges(b, t, self.max_rows);
-        if cache.is_some() || ranges.len() <= 1 {
+        if cache.is_some() {
             return self.hidden_all(ids, key_mask, trainable, dirs, dropout, cache);
         }
         if let Some(m) = key_mask
@@ -281,14 +279,14 @@ impl<F: Float> Llama<F> {
                 m.shape(),
             ));
         }
-        stack_chunks(&ranges, |range, c| {
-            let key = chunk_dropout(dropout, c, ranges.len());
+        let (b, t) = ids.dim();
+        map_micro_batches(b, t, self.max_rows, dropout, |range, key| {
             self.hidden_all(
                 ids.slice(s![range.clone(), ..]),
                 key_mask.map(|m| m.slice_move(s![range, ..])),
                 trainable,
                 dirs,
-                key.as_ref(),
+                key,
                 None,
             )
         })

@@ -18,29 +18,44 @@ use crate::{Dual, Error, Float, Result};
 /// holds `2·2·1024·1536·4` B = 24 MiB at once, and a batch of 8 × 128 runs as a single chunk.
 pub const DEFAULT_MAX_ROWS: usize = 1024;
 
-/// The batch ranges of `b` sequences of length `t` under a budget of `max_rows` rows (at least
-/// one sequence per chunk).
-pub fn chunk_ranges(b: usize, t: usize, max_rows: usize) -> Vec<Range<usize>> {
+/// Runs `f` over the micro-batches of a batch of `b` sequences of length `t` (ranges of at most
+/// `max_rows` rows, at least one sequence each) and stacks their `[b', T, H]` results along the
+/// batch axis. `f` receives each range and its dropout key: the pass's key when the batch is a
+/// single micro-batch, else the key with the micro-batch index appended, so that every
+/// micro-batch draws its own masks.
+///
+/// # Shapes
+/// - each `f(range, key)`: `[range.len(), T, H]`, the same T, H and tangent count for every range
+/// - output: `[b, T, H]`
+///
+/// # Errors
+/// `f`'s errors; [`Error::ShapeMismatch`] if two micro-batches disagree on T, H or K.
+pub fn map_micro_batches<F: Float>(
+    b: usize,
+    t: usize,
+    max_rows: usize,
+    dropout: Option<&DropoutKey>,
+    mut f: impl FnMut(Range<usize>, Option<&DropoutKey>) -> Result<Dual<F, Ix3>>,
+) -> Result<Dual<F, Ix3>> {
     let per = (max_rows / t.max(1)).max(1);
-    (0..b)
+    if per >= b {
+        return f(0..b, dropout);
+    }
+    let ranges: Vec<Range<usize>> = (0..b)
         .step_by(per)
         .map(|b0| b0..(b0 + per).min(b))
-        .collect()
-}
-
-/// The dropout key of chunk `c`: the pass's key with the chunk index appended, so that every
-/// chunk draws its own masks (a single-chunk pass keeps the key unchanged).
-pub fn chunk_dropout(key: Option<&DropoutKey>, c: usize, n_chunks: usize) -> Option<DropoutKey> {
-    key.map(|k| {
-        let mut k = k.clone();
-        if n_chunks > 1 {
+        .collect();
+    stack_chunks(&ranges, |range, c| {
+        let key = dropout.map(|k| {
+            let mut k = k.clone();
             k.parts.push(c as u64);
-        }
-        k
+            k
+        });
+        f(range, key.as_ref())
     })
 }
 
-/// Runs `f` on each batch range of `ranges` and stacks the `[b, T, H]` results (and their
+/// Runs `f` on each batch range of `ranges` (with its index) and stacks the `[b, T, H]` results (and their
 /// `[K, b, T, H]` tangents) along the batch axis into one `[B, T, H]` dual value.
 ///
 /// # Shapes
@@ -49,7 +64,7 @@ pub fn chunk_dropout(key: Option<&DropoutKey>, c: usize, n_chunks: usize) -> Opt
 ///
 /// # Errors
 /// `f`'s errors; [`Error::ShapeMismatch`] if two chunks disagree on T, H or K.
-pub fn stack_chunks<F: Float>(
+fn stack_chunks<F: Float>(
     ranges: &[Range<usize>],
     mut f: impl FnMut(Range<usize>, usize) -> Result<Dual<F, Ix3>>,
 ) -> Result<Dual<F, Ix3>> {
