@@ -16,7 +16,8 @@
 //! all rescaled by `exp(m_old − m_new)` when a block raises the maximum. At the end
 //! `O = o/l` and `Ȯ = ȯ/l − (b/l)·O`, which is `Ṗ·V + P·V̇` since `Σ pⱼ(ṡⱼ − Σ pᵢṡᵢ)vⱼ =
 //! Σ pⱼṡⱼvⱼ − (Σ pᵢṡᵢ)·O`. The per-block products are GEMMs with the K directions stacked
-//! (see `stream.rs`); the working memory is `O(block² · K)` per worker, independent of T and S.
+//! (see `stream.rs`); the working memory is `O(block² · K + K·S·D)` per worker (block workspaces and
+//! one head's key tangents), never `O(T·S)`.
 //!
 //! Masked keys are skipped (loop bounds, boolean tests, and whole key blocks: the causal upper
 //! triangle and fully padded blocks are never visited), never filled with `−∞`, so no `−∞·0` or
@@ -25,9 +26,10 @@
 //!
 //! Heads are read in place from the Hugging Face layout `[B, T, n_heads·D]` (head `h` is columns
 //! `h·D..(h+1)·D`) through strided views. The work is split into (batch, head, query block)
-//! tasks run on the available cores ([`parallel_map_init`]); each task owns its disjoint block of
-//! the output and computes it by the same sequence of operations whatever the thread count, so
-//! the result is bitwise deterministic.
+//! blocks, grouped into tasks of consecutive query blocks of one head, run on the available cores
+//! ([`parallel_map_init`]); each block owns its disjoint part of the output and is computed by
+//! the same sequence of operations whatever the thread count and grouping, so the result is
+//! bitwise deterministic.
 
 mod reference;
 mod stream;
@@ -129,11 +131,11 @@ pub fn attention_with_threads<F: Float>(
     }
     let tau = F::from_f64(1.0 / (d as f64).sqrt());
 
-    let tasks = split_tasks(&mut out, out_dot.as_mut(), h_n, d);
     // multiply-adds of the call (2·T·S·D per head for the primal, up to 4·T·S·D per direction),
     // to decide whether threads pay off
     let work = (b_n * h_n * t_n * s_n * d).saturating_mul(2 + 4 * kd.unwrap_or(0));
     let workers = if work < PARALLEL_MIN_WORK { 1 } else { threads };
+    let tasks = split_tasks(&mut out, out_dot.as_mut(), h_n, d, workers);
     let present = kd.map(|kd| Present {
         kd,
         q: !q.is_constant(),
@@ -143,43 +145,55 @@ pub fn attention_with_threads<F: Float>(
     let workspace = || QueryBlock::new(t_n, s_n, d, present);
     parallel_map_init(tasks, workers, workspace, |ws, task| {
         let (b, cols) = (task.b, task.h * d..(task.h + 1) * d);
-        let kv_cols = {
-            let kv = task.h / g.group;
-            kv * d..(kv + 1) * d
-        };
-        let rows = task.i0..task.i0 + task.out.nrows();
-        let head = HeadInputs {
-            q: q.primal().slice(s![b, rows.clone(), cols.clone()]),
-            k: k.primal().slice(s![b, .., kv_cols.clone()]),
-            v: v.primal().slice(s![b, .., kv_cols.clone()]),
-            q_dot: q.tangent().map(|t| t.slice(s![.., b, rows, cols])),
-            k_dot: k.tangent().map(|t| t.slice(s![.., b, .., kv_cols.clone()])),
-            v_dot: v.tangent().map(|t| t.slice(s![.., b, .., kv_cols])),
-            tau,
-        };
+        let kv = task.h / g.group;
+        let kv_cols = kv * d..(kv + 1) * d;
         let keys = Keys {
             mask: key_mask.as_ref().map(|m| m.row(b).to_vec()),
             causal: shape.causal,
             t: t_n,
             s: s_n,
         };
-        ws.run(&head, &keys, task.i0, task.out, task.out_dot);
+        for block in task.blocks {
+            let rows = block.i0..block.i0 + block.out.nrows();
+            let head = HeadInputs {
+                q: q.primal().slice(s![b, rows.clone(), cols.clone()]),
+                k: k.primal().slice(s![b, .., kv_cols.clone()]),
+                v: v.primal().slice(s![b, .., kv_cols.clone()]),
+                q_dot: q.tangent().map(|t| t.slice(s![.., b, rows, cols.clone()])),
+                k_dot: k.tangent().map(|t| t.slice(s![.., b, .., kv_cols.clone()])),
+                v_dot: v.tangent().map(|t| t.slice(s![.., b, .., kv_cols.clone()])),
+                tau,
+                kv_id: (b, kv),
+            };
+            ws.run(&head, &keys, block.i0, block.out, block.out_dot);
+        }
         Ok(())
     })?;
     Ok(Dual::from_parts_unchecked(out, out_dot))
 }
 
-/// Splits the outputs into one task per (batch, head, query block), in that order, each owning
-/// its blocks: `out` `[B, T, H·D]` → `[B, T, H, D]` → `[B, H, T, D]` → `[BLOCK_Q, D]` blocks,
-/// `ȯ` `[K, B, T, H·D]` → `[K, B, T, H, D]` → `[B, H, K, T, D]` → `[K, BLOCK_Q, D]` blocks.
+/// Tasks per worker the query blocks are grouped into, at least (for load balance).
+const TASKS_PER_WORKER: usize = 8;
+
+/// Splits the outputs into (batch, head, query block) blocks, in that order, each owning its
+/// part of the output: `out` `[B, T, H·D]` → `[B, T, H, D]` → `[B, H, T, D]` → `[BLOCK_Q, D]`
+/// blocks, `ȯ` `[K, B, T, H·D]` → `[K, B, T, H, D]` → `[B, H, K, T, D]` → `[K, BLOCK_Q, D]`
+/// blocks; and groups consecutive query blocks of one head into tasks, as few per head as
+/// still gives every worker [`TASKS_PER_WORKER`] tasks, so that a worker copies a head's key
+/// tangents once for several query blocks.
 fn split_tasks<'a, F: Float>(
     out: &'a mut Array3<F>,
     out_dot: Option<&'a mut Array4<F>>,
     h_n: usize,
     d: usize,
+    workers: usize,
 ) -> Vec<Task<'a, F>> {
     let (b_n, t_n) = (out.shape()[0], out.shape()[1]);
     let n_qb = t_n.div_ceil(BLOCK_Q);
+    let chunks_per_head = (TASKS_PER_WORKER * workers)
+        .div_ceil(b_n * h_n)
+        .clamp(1, n_qb);
+    let per_task = n_qb.div_ceil(chunks_per_head);
     let out_blocks = out
         .view_mut()
         .into_shape_with_order((b_n, t_n, h_n, d))
@@ -198,24 +212,37 @@ fn split_tasks<'a, F: Float>(
             .flat_map(|per_b| per_b.into_outer_iter_mut())
             .flat_map(|per_h| per_h.into_axis_chunks_iter_mut(Axis(1), BLOCK_Q))
     });
-    out_blocks
-        .enumerate()
-        .map(|(i, out)| Task {
-            b: i / (h_n * n_qb),
-            h: i / n_qb % h_n,
-            i0: i % n_qb * BLOCK_Q,
+    let mut tasks: Vec<Task<'a, F>> = Vec::new();
+    for (i, out) in out_blocks.enumerate() {
+        let (b, h, qb) = (i / (h_n * n_qb), i / n_qb % h_n, i % n_qb);
+        if qb % per_task == 0 {
+            tasks.push(Task {
+                b,
+                h,
+                blocks: Vec::with_capacity(per_task),
+            });
+        }
+        let block = QueryRows {
+            i0: qb * BLOCK_Q,
             out,
             out_dot: dot_blocks
                 .as_mut()
                 .map(|it| it.next().expect("one tangent block per output block")),
-        })
-        .collect()
+        };
+        tasks.last_mut().expect("pushed above").blocks.push(block);
+    }
+    tasks
 }
 
-/// One (batch, head, query block) of the output: rows `i0..i0 + out.nrows()` of head `h`.
+/// Consecutive query blocks of head `h` of batch element `b`.
 struct Task<'a, F: Float> {
     b: usize,
     h: usize,
+    blocks: Vec<QueryRows<'a, F>>,
+}
+
+/// One query block of the output: rows `i0..i0 + out.nrows()` of a head.
+struct QueryRows<'a, F: Float> {
     i0: usize,
     /// `[bq, D]`
     out: ArrayViewMut2<'a, F>,

@@ -9,8 +9,9 @@
 //!    `l ← α·l + Σⱼ eⱼ`: the block's primal factors `E`, computed once for all K directions;
 //! 3. `o ← α·o + E·V_blk`;
 //! 4. tangents, K directions stacked query-row major (rows `(t, k)`):
-//!    `Ṡ[bq·K, bk] = τ·Q̇[bq·K, D]·K_blkᵀ`, plus `τ·Q[bq, D]·K̇_blkᵀ[D, K·bk]` written to the same
-//!    buffer viewed as `[bq, K·bk]`; then per row `(t, k)`: `b ← α·b + Σⱼ eⱼṡⱼ`, `ṡ ← e ⊙ ṡ`;
+//!    `Ṡ[bq·K, bk] = τ·Q̇[bq·K, D]·K_blkᵀ`, plus, per direction k, `τ·Q[bq, D]·K̇ₖ_blkᵀ[D, bk]`
+//!    written to the same buffer viewed as `[bq, K·bk]`; then per row `(t, k)`:
+//!    `b ← α·b + Σⱼ eⱼṡⱼ`, `ṡ ← e ⊙ ṡ`;
 //!    `ȯ ← α·ȯ + (E⊙Ṡ)[bq·K, bk]·V_blk + E[bq, bk]·V̇_blk[bk, K·D]` (the last into `ȯ` viewed as
 //!    `[bq, K·D]`).
 //!
@@ -18,6 +19,12 @@
 //! (`l = 0`), so no infinity is ever formed; a row that never meets one is left zero. Terms whose
 //! input tangent is a symbolic zero are skipped, as are key blocks no row of the block may attend
 //! (the causal upper triangle, fully padded blocks).
+//!
+//! `K̇` and `V̇` are strided head slices of `[K, B, S, H_kv·D]` arrays; copying a key block of
+//! them into GEMM-ready layout is a large part of the JVP's cost, so each worker copies the keys
+//! of one (batch, kv head) once, as the first query block to need them arrives, into head-wide
+//! caches (`[K, S, D]` and `[S, K, D]`) that every later query block of that head reads
+//! (`O(K·S·D)` per worker).
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
@@ -26,7 +33,7 @@ use super::super::gemm::gemm_into;
 use crate::Float;
 
 /// Query rows per task.
-pub(super) const BLOCK_Q: usize = 64;
+pub(super) const BLOCK_Q: usize = 32;
 /// Keys per streamed block.
 pub(super) const BLOCK_K: usize = 128;
 
@@ -46,6 +53,8 @@ pub(super) struct HeadInputs<'a, F: Float> {
     pub v_dot: Option<ArrayView3<'a, F>>,
     /// `1/√D`
     pub tau: F,
+    /// (batch, kv head) of `k`, `v` and their tangents: the key of the per-worker key caches.
+    pub kv_id: (usize, usize),
 }
 
 /// Which keys the query rows of one batch element may attend.
@@ -114,12 +123,18 @@ pub(super) struct QueryBlock<F: Float> {
 /// is a symbolic zero.
 struct Tangents<F: Float> {
     kd: usize,
+    /// Number of keys S.
+    s: usize,
     /// `[bq, K, D]`: `Q̇` of the block's rows, gathered once per block.
     q_dot: Option<Vec<F>>,
-    /// `[K, bk, D]`: `K̇` of the current key block.
+    /// `[K, S, D]`: `K̇` of the cached kv head, keys `0..gathered`.
     k_dot: Option<Vec<F>>,
-    /// `[bk, K, D]`: `V̇` of the current key block.
+    /// `[S, K, D]`: `V̇` of the cached kv head, keys `0..gathered`.
     v_dot: Option<Vec<F>>,
+    /// The (batch, kv head) the key caches hold.
+    cached: Option<(usize, usize)>,
+    /// Keys `0..gathered` of that head are in the caches.
+    gathered: usize,
     /// `[bq, K, bk]`: `Ṡ`, then (in place) `E ⊙ Ṡ`; present iff `Q̇` or `K̇` is.
     s_dot: Option<Vec<F>>,
     /// `[bq, K]`: running `Σ eⱼ·ṡⱼ`.
@@ -146,9 +161,12 @@ impl<F: Float> QueryBlock<F> {
             let kd = p.kd;
             Tangents {
                 kd,
+                s,
                 q_dot: p.q.then(|| vec![F::zero(); bq * kd * d]),
-                k_dot: p.k.then(|| vec![F::zero(); kd * bk * d]),
-                v_dot: p.v.then(|| vec![F::zero(); bk * kd * d]),
+                k_dot: p.k.then(|| vec![F::zero(); kd * s * d]),
+                v_dot: p.v.then(|| vec![F::zero(); s * kd * d]),
+                cached: None,
+                gathered: 0,
                 s_dot: (p.q || p.k).then(|| vec![F::zero(); bq * kd * bk]),
                 b: vec![F::zero(); bq * kd],
                 o_dot: vec![F::zero(); bq * kd * d],
@@ -307,8 +325,9 @@ impl<F: Float> Tangents<F> {
         e: &[F],
         alpha: &[F],
     ) {
-        let (kd, bk) = (self.kd, j1 - j0);
+        let (kd, bk, s_n) = (self.kd, j1 - j0, self.s);
         let vb = head.v.slice(s![j0..j1, ..]);
+        self.gather_keys(head, j1);
         if let Some(sd) = self.s_dot.as_mut() {
             let mut beta = F::zero();
             if let Some(qd) = self.q_dot.as_ref() {
@@ -323,17 +342,19 @@ impl<F: Float> Tangents<F> {
                 );
                 beta = F::one();
             }
-            if let (Some(buf), Some(kdot)) = (self.k_dot.as_mut(), head.k_dot.as_ref()) {
-                // [K, bk, D] ← K̇[:, j0..j1, :]
-                gather(buf, kdot.slice(s![.., j0..j1, ..]));
-                // Ṡ[bq, K·bk] += τ·Q[bq, D]·K̇_blkᵀ[D, K·bk]
-                gemm_serial(
-                    head.tau,
-                    head.q,
-                    mat(buf, kd * bk, d).t(),
-                    beta,
-                    mat_mut(sd, bq, kd * bk),
-                );
+            if let Some(cache) = self.k_dot.as_ref() {
+                let mut sd = mat_mut(sd, bq, kd * bk);
+                for kk in 0..kd {
+                    // Ṡ[bq, k, :] += τ·Q[bq, D]·K̇ₖ_blkᵀ[D, bk]
+                    let k_blk = mat(&cache[(kk * s_n + j0) * d..], bk, d);
+                    gemm_serial(
+                        head.tau,
+                        head.q,
+                        k_blk.t(),
+                        beta,
+                        sd.slice_mut(s![.., kk * bk..(kk + 1) * bk]),
+                    );
+                }
             }
             // per row (t, k): ṡ ← e ⊙ ṡ, b ← α·b + Σⱼ eⱼṡⱼ
             for (r, srow) in sd[..bq * kd * bk].chunks_exact_mut(bk).enumerate() {
@@ -353,18 +374,47 @@ impl<F: Float> Tangents<F> {
                 mat_mut(&mut self.o_dot, bq * kd, d),
             );
         }
-        if let (Some(buf), Some(vdot)) = (self.v_dot.as_mut(), head.v_dot.as_ref()) {
-            // [bk, K, D] ← V̇[:, j0..j1, :] with the first two axes swapped
-            gather(buf, vdot.slice(s![.., j0..j1, ..]).permuted_axes([1, 0, 2]));
+        if let Some(cache) = self.v_dot.as_ref() {
             // ȯ[bq, K·D] += E[bq, bk]·V̇_blk[bk, K·D]
             gemm_serial(
                 F::one(),
                 mat(e, bq, bk),
-                mat(buf, bk, kd * d),
+                mat(&cache[j0 * kd * d..], bk, kd * d),
                 F::one(),
                 mat_mut(&mut self.o_dot, bq, kd * d),
             );
         }
+    }
+
+    /// Makes keys `0..j1` of `head`'s kv head available in the key caches: starts afresh for a
+    /// new kv head, then copies the keys not yet copied (`K̇` into `[K, S, D]`, `V̇` into
+    /// `[S, K, D]`).
+    fn gather_keys(&mut self, head: &HeadInputs<'_, F>, j1: usize) {
+        if self.cached != Some(head.kv_id) {
+            (self.cached, self.gathered) = (Some(head.kv_id), 0);
+        }
+        let (g, kd, s_n) = (self.gathered, self.kd, self.s);
+        if j1 <= g {
+            return;
+        }
+        let d = head.k.ncols();
+        if let (Some(cache), Some(kdot)) = (self.k_dot.as_mut(), head.k_dot.as_ref()) {
+            for kk in 0..kd {
+                // [j1 − g, D] ← K̇[k, g..j1, :]
+                gather(
+                    &mut cache[(kk * s_n + g) * d..],
+                    kdot.slice(s![kk..kk + 1, g..j1, ..]),
+                );
+            }
+        }
+        if let (Some(cache), Some(vdot)) = (self.v_dot.as_mut(), head.v_dot.as_ref()) {
+            // [j1 − g, K, D] ← V̇[:, g..j1, :] with the first two axes swapped
+            gather(
+                &mut cache[g * kd * d..],
+                vdot.slice(s![.., g..j1, ..]).permuted_axes([1, 0, 2]),
+            );
+        }
+        self.gathered = j1;
     }
 }
 
