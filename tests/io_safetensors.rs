@@ -137,6 +137,30 @@ fn save_overwrites_existing_file() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// A saved file gets the permissions of any new file in that folder (not a temporary file's
+/// owner-only mode), and no temporary file is left beside it.
+#[cfg(unix)]
+#[test]
+fn saved_file_has_ordinary_permissions_and_no_leftovers() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = temp_path("mode");
+    let plain = write_temp("mode-plain", b"x");
+    let x = array![1.0f32, 2.0].into_dyn();
+    save_safetensors(&path, &[("x", x.view())], None).unwrap();
+    let mode = |p: &PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), mode(&plain));
+    let dir = path.parent().unwrap();
+    let stem = path.file_name().unwrap().to_string_lossy().into_owned();
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != &stem && n.contains(&stem))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&plain).unwrap();
+}
 #[test]
 fn save_rejects_non_finite_duplicates_and_reserved_names() {
     let path = temp_path("save-bad");

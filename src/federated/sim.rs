@@ -196,16 +196,6 @@ pub struct Simulation<F: Float> {
     pub history: Vec<RoundMetrics>,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
-}
-
 impl<F: Float> Simulation<F> {
     /// A fresh run from initial tensors.
     ///
@@ -309,7 +299,7 @@ impl<F: Float> Simulation<F> {
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec(&self.checkpoint())
             .map_err(|e| Error::invalid("save_checkpoint", e.to_string()))?;
-        write_atomic(path, &json)
+        crate::io::write_atomic(path, &json)
     }
 
     /// Reads a checkpoint written by [`Simulation::save_checkpoint`].

@@ -38,6 +38,30 @@ pub use packed::{PackedFormat, PackedMatrix};
 pub use safetensors::{load_safetensors, save_safetensors};
 pub use weights::{SkippedTensor, Weights};
 
+/// Writes `bytes` to `path` atomically: into a hidden temporary file beside it
+/// (`.<name>.tmp`), then renamed over `path`, so a reader (or a crash) sees the old file or the
+/// new one, never half of one. The file gets the usual permissions of a new file (`0666` minus
+/// the umask).
+///
+/// # Errors
+/// - [`Error::Io`] naming the file that could not be written or renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("file"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
 /// Environment variable naming the folder of the real model files.
 pub const ASSETS_ENV: &str = "SPRY_ASSETS";
 

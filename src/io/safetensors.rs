@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use ::safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, View};
+use ::safetensors::tensor::{Dtype, SafeTensors, View};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use super::decode;
@@ -145,9 +145,10 @@ impl View for F32View<'_, '_> {
 /// Writes f32 tensors (for instance trained adapters) to a safetensors file, with an optional
 /// `__metadata__` string map.
 ///
-/// Views of any strides are written in row-major order. The crate writes to a temporary file next
-/// to `path` and renames it, so an existing file is replaced atomically. Tensors are stored
-/// sorted by name, as the format prescribes.
+/// Views of any strides are written in row-major order. The file is serialised in memory, then
+/// written with [`write_atomic`](super::write_atomic) (a temporary file beside `path`, renamed
+/// over it), so an existing file is replaced atomically and the new one gets the usual
+/// permissions. Tensors are stored sorted by name, as the format prescribes.
 ///
 /// # Shapes
 /// - each tensor: any shape (including scalars `[]` and empty tensors)
@@ -183,11 +184,7 @@ pub fn save_safetensors(
     let views = tensors
         .iter()
         .map(|(name, array)| (*name, F32View { array }));
-    ::safetensors::serialize_to_file(views, metadata, path).map_err(|e| match e {
-        SafeTensorError::IoError(source) => Error::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-        other => format_error(path, format!("cannot serialise: {other}")),
-    })
+    let bytes = ::safetensors::serialize(views, metadata)
+        .map_err(|e| format_error(path, format!("cannot serialise: {e}")))?;
+    super::write_atomic(path, &bytes)
 }

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::lora::LoraConfig;
 use super::trainable::Trainable;
-use crate::io::{load_safetensors, save_safetensors};
+use crate::io::{load_safetensors, save_safetensors, write_atomic};
 use crate::{Error, Float, Result};
 
 /// File name of the adapter weights inside an adapter folder.
@@ -166,10 +166,7 @@ pub fn save_peft_adapter<F: Float>(
     }
     let mut text = serde_json::to_string_pretty(&json).expect("a JSON value serialises");
     text.push('\n');
-    let path = dir.join(ADAPTER_CONFIG_FILE);
-    let tmp = dir.join(format!(".{ADAPTER_CONFIG_FILE}.tmp"));
-    std::fs::write(&tmp, text).map_err(|e| io_error(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))
+    write_atomic(&dir.join(ADAPTER_CONFIG_FILE), text.as_bytes())
 }
 
 /// Whether a config value is absent or at PEFT's "off" default (`null`, `false`, `{}`, `[]`).
