@@ -8,8 +8,8 @@ use common::*;
 use ndarray::{Ix0, IxDyn, arr0};
 use proptest::prelude::*;
 use spry::kernels::{
-    GeluKind, gelu, gelu_reference, silu, silu_reference, swiglu, swiglu_reference, tanh,
-    tanh_reference,
+    GeluKind, gelu, gelu_into, gelu_reference, silu, silu_reference, swiglu, swiglu_into,
+    swiglu_reference, tanh, tanh_reference,
 };
 use spry::{Dual, Error, Float};
 
@@ -203,6 +203,19 @@ proptest! {
     }
 
     #[test]
+    fn gelu_into_equals_gelu_bitwise(c in case()) {
+        let x = c.dual(c.k, &c.dirs);
+        let constant = Dual::constant(x.primal().clone());
+        for kind in [GeluKind::Erf, GeluKind::Tanh] {
+            for x in [&x, &constant] {
+                prop_assert_eq!(gelu_into(x.clone(), kind).unwrap(), gelu(x, kind).unwrap());
+                let x32 = dual_to_f32(x);
+                prop_assert_eq!(gelu_into(x32.clone(), kind).unwrap(), gelu(&x32, kind).unwrap());
+            }
+        }
+    }
+
+    #[test]
     fn activations_f32_match_f64(c in case()) {
         let c = Case { x: round_f32(&c.x), dirs: round_f32(&c.dirs), ..c };
         let x = c.dual(c.k, &c.dirs);
@@ -232,6 +245,16 @@ proptest! {
                 let fd = fd_jvp(|th| g.f(th), &theta, &v);
                 assert_close(direction(&t, n, kk), &fd, FD_TOL, "swiglu jvp vs fd")?;
             }
+        }
+    }
+
+    #[test]
+    fn swiglu_into_equals_swiglu_bitwise(g in glu_case()) {
+        for mask in [[false, false], [true, false], [false, true], [true, true]] {
+            let [gate, up] = g.duals(g.c.k, &g.c.dirs, &g.up_dirs, mask);
+            prop_assert_eq!(swiglu_into(gate.clone(), &up).unwrap(), swiglu(&gate, &up).unwrap());
+            let (gate, up) = (dual_to_f32(&gate), dual_to_f32(&up));
+            prop_assert_eq!(swiglu_into(gate.clone(), &up).unwrap(), swiglu(&gate, &up).unwrap());
         }
     }
 
@@ -268,6 +291,27 @@ proptest! {
         assert_close(&flat_f32(y32.primal()), &flat(y64.primal()), 1e-5, "f32 primal")?;
         assert_close(&flat_f32(y32.tangent().unwrap()), &tangent_or_zeros(&y64, k), 1e-5, "f32 tangent")?;
     }
+}
+
+/// Large enough for the element-wise kernels to split the work across threads.
+#[test]
+fn in_place_activations_equal_theirs_bitwise_when_split_across_threads() {
+    let (shape, k) = ([4, 128, 384], 3);
+    let n: usize = shape.iter().product();
+    let x = dual(&shape, &seeded(n, 1), Some((k, &seeded(k * n, 2))));
+    for kind in [GeluKind::Erf, GeluKind::Tanh] {
+        assert_eq!(gelu_into(x.clone(), kind).unwrap(), gelu(&x, kind).unwrap());
+        let x32 = dual_to_f32(&x);
+        assert_eq!(
+            gelu_into(x32.clone(), kind).unwrap(),
+            gelu(&x32, kind).unwrap()
+        );
+    }
+    let up = dual(&shape, &seeded(n, 3), Some((k, &seeded(k * n, 4))));
+    assert_eq!(
+        swiglu_into(x.clone(), &up).unwrap(),
+        swiglu(&x, &up).unwrap()
+    );
 }
 
 #[test]
@@ -409,6 +453,20 @@ fn swiglu_bad_operands_give_typed_errors() {
     assert!(matches!(
         swiglu_reference(&c, &a),
         Err(Error::TangentCountMismatch { .. })
+    ));
+    assert!(matches!(
+        swiglu_into(a.clone(), &b),
+        Err(Error::ShapeMismatch {
+            op: "swiglu_into",
+            ..
+        })
+    ));
+    assert!(matches!(
+        swiglu_into(a, &c),
+        Err(Error::TangentCountMismatch {
+            op: "swiglu_into",
+            ..
+        })
     ));
 }
 

@@ -146,19 +146,6 @@ fn subset() -> impl Strategy<Value = [bool; 3]> {
     (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c)| [a, b, c])
 }
 
-/// `n` deterministic values in `[-2, 2)` from `seed` (large cases: cheaper than proptest values).
-fn seeded(n: usize, seed: u64) -> Vec<f64> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
-        })
-        .collect()
-}
-
 /// A key mask `[b, s]` of one of four kinds: none; random (80% allowed); right padding with a
 /// random length per batch element (0 included); whole 128-key blocks (the kernel's key block)
 /// padded in turn.

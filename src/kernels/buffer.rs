@@ -133,16 +133,7 @@ pub(crate) fn map_blocks<F: Copy + Send + Sync, D: Dimension>(
     f: impl Fn(F, F) -> F + Sync,
 ) -> Array<F, D> {
     let src = t.as_slice().expect("standard layout");
-    assert!(
-        src.len().is_multiple_of(factor.len()),
-        "map_blocks: {} elements are not whole blocks of {}",
-        src.len(),
-        factor.len()
-    );
-    let (n, k) = (
-        factor.len(),
-        src.len().checked_div(factor.len()).unwrap_or(0),
-    );
+    let (n, k) = whole_blocks("map_blocks", src.len(), factor.len());
     let mut out = uninit::<F, _>(t.raw_dim());
     // ranges over the factor's elements; part p gets those elements of every block
     let ranges = parallel::row_ranges(n, k);
@@ -158,4 +149,37 @@ pub(crate) fn map_blocks<F: Copy + Send + Sync, D: Dimension>(
     // SAFETY: the ranges cover all `n` elements of each of the `k` blocks (the length is a whole
     // number of blocks, checked above), and each part wrote all of its slices.
     unsafe { out.assume_init() }
+}
+
+/// [`map_blocks`] in place: `t_k[i] ← f(factor[i], t_k[i])` for every block `t_k` of the
+/// standard-layout `t`, split across threads along the factor's elements when large.
+pub(crate) fn map_blocks_in_place<F: Copy + Send + Sync, D: Dimension>(
+    t: &mut Array<F, D>,
+    factor: &[F],
+    f: impl Fn(F, F) -> F + Sync,
+) {
+    let data = t.as_slice_mut().expect("standard layout");
+    let (n, k) = whole_blocks("map_blocks_in_place", data.len(), factor.len());
+    // ranges over the factor's elements; part p gets those elements of every block
+    let ranges = parallel::row_ranges(n, k);
+    let parts = parallel::split_blocks(data, k, n, 1, &ranges);
+    parallel::run(parts.into_iter().zip(&ranges).collect(), |(blocks, r)| {
+        for block in blocks {
+            for (x, &c) in block.iter_mut().zip(&factor[r.clone()]) {
+                *x = f(c, *x);
+            }
+        }
+    });
+}
+
+/// `(n, k)`: `len` elements as `k` whole blocks of `n = factor_len`.
+///
+/// # Panics
+/// If `len` is not a whole number of blocks (a caller's bug: tangents are `K` primals long).
+fn whole_blocks(op: &str, len: usize, factor_len: usize) -> (usize, usize) {
+    assert!(
+        len.is_multiple_of(factor_len),
+        "{op}: {len} elements are not whole blocks of {factor_len}"
+    );
+    (factor_len, len.checked_div(factor_len).unwrap_or(0))
 }

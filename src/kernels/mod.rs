@@ -28,8 +28,8 @@ pub mod rope;
 pub mod softmax;
 
 pub use activation::{
-    GeluKind, gelu, gelu_reference, silu, silu_reference, swiglu, swiglu_reference, tanh,
-    tanh_reference,
+    GeluKind, gelu, gelu_into, gelu_reference, silu, silu_reference, swiglu, swiglu_into,
+    swiglu_reference, tanh, tanh_reference,
 };
 pub use attention::{AttentionShape, attention, attention_reference, attention_with_threads};
 pub use cross_entropy::{

@@ -20,7 +20,7 @@ use super::source::{WeightSource, take1, take2};
 use crate::io::{Activation, BertConfig};
 use crate::kernels::{
     AttentionShape, CrossEntropy, GeluKind, add_into, attention, cross_entropy, first_token_pool,
-    gelu, layer_norm, linear_dual, mean_pool, tanh,
+    gelu_into, layer_norm, linear_dual, mean_pool, tanh,
 };
 use crate::modules::trainable::param_dual;
 use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
@@ -406,8 +406,9 @@ impl<F: Float> Bert<F> {
                 eps,
             )?;
             // feed-forward sub-block: x = LN(x + W2·GELU(W1x))
-            let hdn = gelu(
-                &blk.intermediate
+            // GELU scales the intermediate's tangents in place (no second [K, N, 4d] array)
+            let hdn = gelu_into(
+                blk.intermediate
                     .forward(&x, trainable, dirs, lora, dropout)?,
                 self.act,
             )?;

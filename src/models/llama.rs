@@ -23,7 +23,7 @@ use super::source::{WeightSource, take_frozen, take1};
 use crate::io::LlamaConfig;
 use crate::kernels::{
     AttentionShape, CrossEntropy, FrozenWeight, RopeLayout, RopeTable, add, attention,
-    embedding_frozen, frozen_linear, lm_head_cross_entropy, rms_norm, rope, swiglu,
+    embedding_frozen, frozen_linear, lm_head_cross_entropy, rms_norm, rope, swiglu_into,
 };
 use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
 use crate::{Dual, Error, Float, Result};
@@ -351,8 +351,9 @@ impl<F: Float> Llama<F> {
             let g = layer.gate.forward(&hn, trainable, dirs, lora, dropout)?;
             let u = layer.up.forward(&hn, trainable, dirs, lora, dropout)?;
             drop(hn);
-            let act = swiglu(&g, &u)?;
-            drop((g, u));
+            // the gate's tangents become the activation's in place
+            let act = swiglu_into(g, &u)?;
+            drop(u);
             x = add(
                 &x,
                 &layer.down.forward(&act, trainable, dirs, lora, dropout)?,

@@ -128,3 +128,16 @@ pub fn lincomb(a: f64, x: &[f64], b: f64, y: &[f64]) -> Vec<f64> {
 pub fn round_f32(v: &[f64]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x as f32)).collect()
 }
+
+/// `n` deterministic values in `[-2, 2)` from `seed` (large cases: cheaper than proptest values).
+pub fn seeded(n: usize, seed: u64) -> Vec<f64> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
+        })
+        .collect()
+}
