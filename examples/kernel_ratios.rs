@@ -13,9 +13,9 @@
 //!
 //! Attention's tangent needs four products per direction (`Q̇Kᵀ`, `QK̇ᵀ`, `(E⊙Ṡ)V`, `EV̇`)
 //! against the forward's two (`QKᵀ`, `EV`), three with k a symbolic zero (the `q,v dual` row);
-//! its ratio still comes out near 1 at K = 16 because the forward's products are small (64
+//! its ratio still comes out near 1 at K = 16 because the forward's products are small (32
 //! query rows by 128 keys per block) and its softmax (exp, row statistics) is shared by every
-//! direction, while the stacked tangent products have K·64 rows and run near the GEMM's peak.
+//! direction, while the stacked tangent products have K·32 rows and run near the GEMM's peak.
 //!
 //! It first prints the peak memory one attention call adds above its inputs at a long sequence
 //! (MiniLM heads, B = 8, T = `--memory-seq`), each measured in a fresh child process so that no
