@@ -25,7 +25,7 @@ use clap::{Parser, ValueEnum};
 use ndarray::Array2;
 use spry::federated::{
     ClassificationTask, ClientConfig, HeadGrad, LabelledBatch, LanguageModelTask, LmBatch,
-    LocalOptimizer, Objective, OptimizerState, StepKey, directions, train_local,
+    LocalOptimizer, Objective, OptimizerState, Perturbation, StepKey, directions, train_local,
 };
 use spry::metrics::{current_rss_mib, median_time, peak_rss_mib};
 use spry::models::bert::{BertBatch, BertClassifier, Pooling};
@@ -248,6 +248,7 @@ fn client_step(cfg_k: usize) -> ClientConfig {
         head_grad: HeadGrad::Forward,
         dropout: false,
         zo_eps: 1e-3,
+        perturbation: Perturbation::All,
     }
 }
 

@@ -15,8 +15,9 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use spry::data::{PartitionScheme, dirichlet, iid, load_labelled_tsv, natural, train_test_split};
 use spry::federated::{
-    ClassificationTask, ClientConfig, CommMode, FederatedTask, HeadGrad, LocalOptimizer, Method,
-    PlannerKind, RoundMetrics, ServerOptimizer, SimConfig, Simulation,
+    ClassificationTask, ClientConfig, CommMode, DiagnosticsConfig, FederatedTask, HeadGrad,
+    LocalOptimizer, Method, Perturbation, PlannerKind, RoundMetrics, ServerOptimizer, SimConfig,
+    Simulation,
 };
 use spry::models::bert::Pooling;
 use spry::models::pretrained::load_bert_classifier_dir;
@@ -28,6 +29,27 @@ enum MethodArg {
     Spry,
     Fedmezo,
     Fedfgd,
+    /// Adapters frozen, the head on its exact gradient: a federated linear probe.
+    HeadOnly,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OptimizerArg {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PerturbationArg {
+    All,
+    BOnly,
+    BFirst,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum EvalArg {
+    Val,
+    Test,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -129,10 +151,31 @@ struct Args {
     /// FedAvgM's server momentum μ.
     #[arg(long, default_value_t = 0.8)]
     server_momentum: f64,
-    /// Client AdamW learning rate of the forward-gradient (and zero-order) estimates (the
-    /// paper's 1e-4: AdamW moves every coordinate by about this much per step, noise included).
+    /// Client learning rate of the forward-gradient (and zero-order) estimates.
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
+    /// Client optimizer of the forward-gradient (and zero-order) estimates.
+    #[arg(long, value_enum, default_value = "adamw")]
+    optimizer: OptimizerArg,
+    /// SGD momentum of `--optimizer sgd`.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    /// Which tensors of an assigned LoRA unit are perturbed: all, B only (A frozen at its random
+    /// init), or A only once B is non-zero.
+    #[arg(long, value_enum, default_value = "all")]
+    perturbation: PerturbationArg,
+    /// Fraction of the training file held out as a validation split (never trained on).
+    #[arg(long, default_value_t = 0.1)]
+    val_frac: f64,
+    /// Which split the periodic evaluations report: the validation split (for choosing
+    /// hyper-parameters) or the test set (for the final numbers only).
+    #[arg(long, value_enum, default_value = "test")]
+    eval: EvalArg,
+    /// Per-round diagnostics on a 4-example probe batch (exact gradient of one adapter unit by
+    /// forward mode, estimator and update cosines, adapter norms, the adapters' effect); their
+    /// time is excluded from `wall_s`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    diagnostics: bool,
     /// Optimizer of the tensors trained on their exact gradient (the head with `--head-grad
     /// exact`): plain SGD follows the gradient's magnitude and settles, where AdamW, restarted
     /// every round, takes sign-like steps of `--head-lr` and keeps oscillating.
@@ -220,18 +263,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         PoolingArg::Mean => Pooling::Mean,
         PoolingArg::Pooler => Pooling::Pooler,
     });
-    let train = load_labelled_tsv(
+    let full_train = load_labelled_tsv(
         &assets.join("text/rt_polarity_train.tsv"),
         "text",
         "label",
         Some("movie"),
     )?;
-    let test = load_labelled_tsv(
-        &assets.join("text/rt_polarity_test.tsv"),
-        "text",
-        "label",
-        None,
-    )?;
+    let (train, val) = spry::data::holdout(full_train, args.val_frac, args.seed)?;
+    let test = match args.eval {
+        EvalArg::Val => val,
+        EvalArg::Test => load_labelled_tsv(
+            &assets.join("text/rt_polarity_test.tsv"),
+            "text",
+            "label",
+            None,
+        )?,
+    };
     let scheme = match args.partition {
         PartitionArg::Dirichlet => PartitionScheme::Dirichlet { alpha: args.alpha },
         PartitionArg::Iid => PartitionScheme::Iid,
@@ -281,6 +328,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             MethodArg::Spry => Method::Spry,
             MethodArg::Fedmezo => Method::FedMezo,
             MethodArg::Fedfgd => Method::FedFgd,
+            MethodArg::HeadOnly => Method::HeadOnly,
         },
         clients_per_round: args.per_round,
         rounds: args.rounds,
@@ -298,7 +346,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         client: ClientConfig {
             k: args.k,
             local_epochs: args.local_epochs,
-            optimizer: LocalOptimizer::adamw(args.lr),
+            optimizer: match args.optimizer {
+                OptimizerArg::Adamw => LocalOptimizer::adamw(args.lr),
+                OptimizerArg::Sgd => LocalOptimizer::Sgd {
+                    lr: args.lr,
+                    momentum: args.momentum,
+                    weight_decay: 0.0,
+                },
+            },
             exact_optimizer: Some(match args.head_optimizer {
                 HeadOptimizerArg::Sgd => LocalOptimizer::Sgd {
                     lr: args.head_lr,
@@ -314,6 +369,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             },
             dropout: false,
             zo_eps: 1e-3,
+            perturbation: match args.perturbation {
+                PerturbationArg::All => Perturbation::All,
+                PerturbationArg::BOnly => Perturbation::LoraBOnly,
+                PerturbationArg::BFirst => Perturbation::BFirst,
+            },
         },
         keep_client_state: false,
         seed: args.seed,
@@ -321,11 +381,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         drop_prob: 0.0,
         min_clients: 1,
         workers: args.workers,
-        shared_units: if args.head_to_all {
+        shared_units: if args.head_to_all || matches!(args.method, MethodArg::HeadOnly) {
             vec![head_unit]
         } else {
             Vec::new()
         },
+        diagnostics: args.diagnostics.then(DiagnosticsConfig::default),
     };
     let ckpt_path = args.out.join("checkpoint.json");
     let mut sim = if args.resume && ckpt_path.is_file() {
@@ -353,7 +414,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     bar.set_position(sim.round);
     let budget = args.time_budget_s;
     let mut csv = String::from(
-        "round,wall_s,train_loss,test_loss,test_accuracy,bytes_up,bytes_down,skipped_steps,rejected\n",
+        "round,wall_s,train_loss,test_loss,test_accuracy,bytes_up,bytes_down,skipped_steps,rejected,\
+         probe_unit,grad_norm,estimator_cosine,update_cosine,adapter_norm,adapter_update,head_update,\
+         adapter_loss_change,adapter_logit_rms,diag_s\n",
     );
     for m in &sim.history {
         csv.push_str(&csv_row(m));
@@ -435,8 +498,24 @@ fn csv_row(m: &RoundMetrics) -> String {
             t.accuracy.map_or(String::new(), |a| format!("{a:.6}")),
         )
     });
+    let diag = m.diagnostics.as_ref().map_or(",,,,,,,,,".to_string(), |d| {
+        format!(
+            "{},{:.6e},{:.6},{:.6},{:.6e},{:.6e},{:.6e},{:.6e},{},{:.3}",
+            d.unit.as_deref().unwrap_or(""),
+            d.grad_norm,
+            d.estimator_cosine,
+            d.update_cosine,
+            d.adapter_norm,
+            d.adapter_update,
+            d.head_update,
+            d.adapter_loss_change,
+            d.adapter_logit_rms
+                .map_or(String::new(), |v| format!("{v:.6e}")),
+            d.seconds
+        )
+    });
     format!(
-        "{},{:.3},{:.6},{tl},{ta},{},{},{},{}\n",
+        "{},{:.3},{:.6},{tl},{ta},{},{},{},{},{diag}\n",
         m.round, m.wall_s, m.train_loss, m.bytes.up, m.bytes.down, m.skipped_steps, m.rejected
     )
 }

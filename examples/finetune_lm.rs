@@ -12,8 +12,8 @@ use std::time::Instant;
 use clap::Parser;
 use spry::data::iid;
 use spry::federated::{
-    ClientConfig, CommMode, HeadGrad, LanguageModelTask, LocalOptimizer, Method, PlannerKind,
-    ServerOptimizer, SimConfig, Simulation, lm_sequences,
+    ClientConfig, CommMode, HeadGrad, LanguageModelTask, LocalOptimizer, Method, Perturbation,
+    PlannerKind, ServerOptimizer, SimConfig, Simulation, lm_sequences,
 };
 use spry::models::pretrained::load_llama_gguf;
 use spry::modules::LoraConfig;
@@ -138,6 +138,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             head_grad: HeadGrad::Forward,
             dropout: false,
             zo_eps: 1e-3,
+            perturbation: Perturbation::All,
         },
         keep_client_state: false,
         seed: args.seed,
@@ -146,6 +147,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         min_clients: 1,
         workers: 1,
         shared_units: Vec::new(),
+        diagnostics: None,
     };
     let mut sim = Simulation::new(config, initial)?;
     sim.run(&task, Some(&args.out.join("checkpoint.json")), |m| {

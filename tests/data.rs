@@ -522,3 +522,21 @@ fn rotten_tomatoes_train_file() {
         "natural covers every example"
     );
 }
+
+#[test]
+fn holdout_is_a_seeded_disjoint_split() {
+    use spry::data::holdout;
+    let items: Vec<usize> = (0..103).collect();
+    let (tr, va) = holdout(items.clone(), 0.1, 7).unwrap();
+    assert_eq!((tr.len(), va.len()), (93, 10));
+    let mut all: Vec<usize> = tr.iter().chain(&va).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, items);
+    assert!(tr.windows(2).all(|w| w[0] < w[1]) && va.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(holdout(items.clone(), 0.1, 7).unwrap().1, va);
+    assert_ne!(holdout(items.clone(), 0.1, 8).unwrap().1, va);
+    assert_eq!(holdout(items.clone(), 0.0, 7).unwrap().1.len(), 0);
+    for bad in [1.0, -0.1, f64::NAN] {
+        assert!(holdout(items.clone(), bad, 7).is_err());
+    }
+}

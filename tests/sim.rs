@@ -5,7 +5,7 @@ mod tiny_model;
 
 use spry::federated::{
     ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad, LocalOptimizer, LossJvp, Method,
-    Objective, PlannerKind, ServerOptimizer, SimConfig, Simulation,
+    Objective, Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use spry::{Error, Result};
@@ -92,6 +92,7 @@ fn config(method: Method, comm: CommMode) -> SimConfig {
             head_grad: HeadGrad::Forward,
             dropout: false,
             zo_eps: 1e-3,
+            perturbation: Perturbation::All,
         },
         keep_client_state: false,
         seed: 11,
@@ -100,6 +101,7 @@ fn config(method: Method, comm: CommMode) -> SimConfig {
         min_clients: 1,
         workers: 1,
         shared_units: Vec::new(),
+        diagnostics: None,
     }
 }
 
@@ -351,4 +353,49 @@ fn the_same_seed_reproduces_the_run_and_another_seed_does_not() {
             .global
             .values()
     );
+}
+
+/// Head-only training moves the shared head and nothing else; it needs a shared unit.
+#[test]
+fn head_only_trains_only_the_head() {
+    let mut cfg = config(Method::HeadOnly, CommMode::PerEpoch);
+    assert!(Simulation::new(cfg.clone(), init_params(5)).is_err());
+    cfg.shared_units = vec![1];
+    cfg.client.head_grad = HeadGrad::Exact;
+    let sim = run(cfg);
+    let init = init_params(5);
+    assert_eq!(sim.global.value(0), init.value(0));
+    assert_eq!(sim.global.value(1), init.value(1));
+    assert_ne!(sim.global.value(2), init.value(2));
+    assert!(test_loss(&sim) < TinyTask::new().evaluate(&init).unwrap().loss);
+}
+
+/// Diagnostics change nothing in the run, appear every round, measure gradients every
+/// `gradient_every` rounds, and their time is not counted in `wall_s`.
+#[test]
+fn diagnostics_observe_without_changing_the_run() {
+    use spry::federated::DiagnosticsConfig;
+    let mut cfg = config(Method::Spry, CommMode::PerEpoch);
+    cfg.client.head_grad = HeadGrad::Exact;
+    let plain = run(cfg.clone());
+    cfg.diagnostics = Some(DiagnosticsConfig {
+        probe_size: 6,
+        stack: 4,
+        draws: 2,
+        gradient_every: 2,
+    });
+    let probed = run(cfg);
+    assert_eq!(plain.global, probed.global);
+    for m in &probed.history {
+        let d = m.diagnostics.as_ref().expect("diagnostics every round");
+        if (m.round - 1) % 2 == 0 {
+            assert_eq!(d.unit.as_deref(), Some("hidden"));
+            assert!(d.grad_norm > 0.0 && d.estimator_cosine.is_finite());
+            assert!(d.update_cosine.abs() <= 1.0);
+        } else {
+            assert!(d.unit.is_none() && d.grad_norm.is_nan());
+        }
+        assert!(d.adapter_norm > 0.0 && d.adapter_update > 0.0 && d.head_update > 0.0);
+        assert!(d.adapter_loss_change.is_finite() && d.seconds >= 0.0);
+    }
 }

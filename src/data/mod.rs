@@ -4,5 +4,7 @@
 pub mod partition;
 pub mod tsv;
 
-pub use partition::{Partition, PartitionScheme, dirichlet, iid, natural, train_test_split};
+pub use partition::{
+    Partition, PartitionScheme, dirichlet, holdout, iid, natural, train_test_split,
+};
 pub use tsv::{Example, load_labelled_tsv};

@@ -212,3 +212,30 @@ pub fn train_test_split(
     }
     (train, test)
 }
+
+/// Holds out a seeded `fraction` of `examples` (rounded down) as a validation split, before any
+/// federated partitioning: `(train, validation)`, each in the original order. Hyper-parameters
+/// are chosen on the validation split so the test set is never used for a choice.
+///
+/// # Errors
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `fraction` is outside `[0, 1)`.
+pub fn holdout<T>(examples: Vec<T>, fraction: f64, seed: u64) -> crate::Result<(Vec<T>, Vec<T>)> {
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(crate::Error::invalid(
+            "holdout",
+            format!("validation fraction {fraction} is outside [0, 1)"),
+        ));
+    }
+    let n_val = (examples.len() as f64 * fraction).floor() as usize;
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    KeyedRng::new(seed, Domain::Data, &[7]).shuffle(&mut order);
+    let mut is_val = vec![false; examples.len()];
+    for &i in &order[..n_val] {
+        is_val[i] = true;
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (e, v) in examples.into_iter().zip(is_val) {
+        if v { val.push(e) } else { train.push(e) }
+    }
+    Ok((train, val))
+}

@@ -87,6 +87,53 @@ pub struct ClientConfig {
     pub dropout: bool,
     /// Perturbation scale ε of the zero-order baseline (FedMeZO); unused by forward gradients.
     pub zo_eps: f64,
+    /// Which of a client's assigned tensors carry directions.
+    #[serde(default)]
+    pub perturbation: Perturbation,
+}
+
+/// Which tensors of a client's assigned LoRA units are perturbed (and so trained).
+///
+/// With LoRA's initialisation B = 0, `ΔW = s·B·A` has `∂L/∂A = s·Bᵀ·∂L/∂ΔW = 0`: while B is
+/// zero, a direction on A changes nothing in the pass, its JVP component is 0 and the estimate
+/// `(∇L·v)·v_A` is pure noise, which moreover inflates the variance of the B estimate (the
+/// JVP's noise sums over every perturbed coordinate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Perturbation {
+    /// Every assigned tensor (the paper).
+    #[default]
+    All,
+    /// Only `lora_B` (and non-LoRA) tensors: A stays at its random initialisation (LoRA-FA),
+    /// half the perturbed dimension.
+    LoraBOnly,
+    /// A module's `lora_A` is perturbed only once its `lora_B` is non-zero.
+    BFirst,
+}
+
+impl Perturbation {
+    /// The tensors of `candidates` that carry directions under this rule, given the current
+    /// values of `params` (registry names tell `lora_A` from `lora_B`).
+    pub fn filter<F: Float>(self, params: &Trainable<F>, candidates: &[usize]) -> Vec<usize> {
+        let is_a = |p: usize| params.names()[p].contains("lora_A");
+        candidates
+            .iter()
+            .copied()
+            .filter(|&p| match self {
+                Perturbation::All => true,
+                Perturbation::LoraBOnly => !is_a(p),
+                Perturbation::BFirst => {
+                    !is_a(p) || {
+                        // the B of the same unit
+                        let unit = &params.units()[params.unit_of(p)];
+                        unit.params.clone().any(|q| {
+                            params.names()[q].contains("lora_B")
+                                && params.value(q).iter().any(|v| *v != F::zero())
+                        })
+                    }
+                }
+            })
+            .collect()
+    }
 }
 
 impl ClientConfig {
@@ -162,12 +209,12 @@ pub fn train_local<F: Float, O: Objective<F>>(
     state: &mut OptimizerState,
     key: StepKey,
 ) -> Result<LocalReport> {
-    let (exact_for, perturbed) = split_exact(assigned, &objective.exact_params(), cfg.head_grad);
+    let (exact_for, candidates) = split_exact(assigned, &objective.exact_params(), cfg.head_grad);
     let est_cfg = EstimatorConfig {
         jvp_clip: cfg.jvp_clip,
     };
     let (mut steps, mut skipped, mut loss_sum) = (0usize, 0usize, 0.0f64);
-    if cfg.k == 0 && !perturbed.is_empty() {
+    if cfg.k == 0 && !candidates.is_empty() {
         return Err(crate::Error::invalid("train_local", "K must be at least 1"));
     }
     let mut step = key.step;
@@ -175,6 +222,7 @@ pub fn train_local<F: Float, O: Objective<F>>(
         for batch in batches {
             let step_key = StepKey { step, ..key };
             step += 1;
+            let perturbed = cfg.perturbation.filter(params, &candidates);
             let dirs = if perturbed.is_empty() {
                 Directions::none(params.len())
             } else {

@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod client;
 pub mod comm;
+pub mod diagnostics;
 pub mod estimator;
 pub mod mezo;
 pub mod optim;
@@ -17,14 +18,18 @@ pub use aggregate::{
     AggregationReport, Aggregator, ClientUpdate, RoundExpectation, ServerOptimizer, ServerState,
     aggregate_round, validate_update, weighted_averages,
 };
-pub use client::{ClientConfig, HeadGrad, LocalReport, LossJvp, Objective, train_local};
+pub use client::{
+    ClientConfig, HeadGrad, LocalReport, LossJvp, Objective, Perturbation, train_local,
+};
 pub use comm::{CommMode, RoundBytes};
+pub use diagnostics::{DiagnosticsConfig, RoundDiagnostics};
 pub use estimator::{Estimate, EstimatorConfig, forward_gradient};
 pub use mezo::{spsa_direction, train_local_mezo};
 pub use optim::{LocalOptimizer, OptimizerState};
 pub use perturb::{StepKey, direction, directions};
 pub use planner::{
-    AllUnitsPlanner, DepthAwarePlanner, Plan, Planner, ReferencePlanner, ReshufflePlanner,
+    AllUnitsPlanner, DepthAwarePlanner, NoUnitsPlanner, Plan, Planner, ReferencePlanner,
+    ReshufflePlanner,
 };
 pub use sim::{
     Checkpoint, Evaluation, FederatedTask, Method, PlannerKind, RoundMetrics, SimConfig, Simulation,

@@ -157,3 +157,19 @@ impl Planner for AllUnitsPlanner {
         })
     }
 }
+
+/// No client trains any planned unit (head-only training: only `SimConfig::shared_units` move).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoUnitsPlanner;
+
+impl Planner for NoUnitsPlanner {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn plan(&self, _round: u64, n_clients: usize, n_units: usize) -> Result<Plan> {
+        check(n_clients, n_units)?;
+        Ok(Plan {
+            units: vec![Vec::new(); n_clients],
+        })
+    }
+}

@@ -19,12 +19,13 @@ use super::aggregate::{
 };
 use super::client::{ClientConfig, HeadGrad, Objective, split_exact, train_local};
 use super::comm::{self, CommMode, RoundBytes};
+use super::diagnostics::{DiagnosticsConfig, RoundDiagnostics};
 use super::estimator::{Estimate, EstimatorConfig, forward_gradient};
 use super::mezo::train_local_mezo;
 use super::optim::OptimizerState;
 use super::perturb::{StepKey, directions};
 use super::planner::{
-    AllUnitsPlanner, DepthAwarePlanner, Planner, ReferencePlanner, ReshufflePlanner,
+    AllUnitsPlanner, DepthAwarePlanner, NoUnitsPlanner, Planner, ReferencePlanner, ReshufflePlanner,
 };
 use crate::modules::{Directions, DropoutKey, Trainable};
 pub use crate::parallel::parallel_map;
@@ -67,6 +68,27 @@ pub trait FederatedTask<F: Float>: Objective<F> {
     /// # Errors
     /// Model errors.
     fn evaluate_client(&self, client: usize, params: &Trainable<F>) -> Result<Evaluation>;
+
+    /// A fixed batch of `size` training examples for per-round diagnostics (the same every
+    /// call).
+    ///
+    /// # Errors
+    /// As [`FederatedTask::train_batches`]; [`Error::InvalidArgument`] when there is no data.
+    fn probe_batch(&self, size: usize) -> Result<Self::Batch> {
+        self.train_batches(0, u64::MAX - 1, size)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::invalid("FederatedTask::probe_batch", "client 0 has no data"))
+    }
+
+    /// The model's outputs on `batch` (for a classifier: the logits, flat), for diagnostics;
+    /// `None` where the task has no small output to compare.
+    ///
+    /// # Errors
+    /// Model errors.
+    fn outputs(&self, _batch: &Self::Batch, _params: &Trainable<F>) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
 }
 
 /// The training method.
@@ -78,6 +100,9 @@ pub enum Method {
     FedFgd,
     /// Two-point zero-order (SPSA) estimates on every unit.
     FedMezo,
+    /// Adapters frozen: clients train only `SimConfig::shared_units` (a task head on its exact
+    /// gradient: a federated linear probe). The baseline every adapter method must beat.
+    HeadOnly,
 }
 
 /// Which planner splits the units (Spry only; the baselines train every unit).
@@ -126,6 +151,10 @@ pub struct SimConfig {
     /// Units every sampled client trains in addition to its plan (e.g. a task head whose exact
     /// gradient is free); empty = the plan alone, as in the paper.
     pub shared_units: Vec<usize>,
+    /// Per-round diagnostics on a probe batch (`None`: off). Their time is not counted in
+    /// `RoundMetrics::wall_s`.
+    #[serde(default)]
+    pub diagnostics: Option<DiagnosticsConfig>,
 }
 
 /// One row of the metrics log.
@@ -147,6 +176,9 @@ pub struct RoundMetrics {
     pub rejected: usize,
     /// Why the round failed, if it did (too few valid updates): the global state is unchanged.
     pub failed: Option<String>,
+    /// Diagnostics of the round (when `SimConfig::diagnostics` is on).
+    #[serde(default)]
+    pub diagnostics: Option<RoundDiagnostics>,
 }
 
 /// The resumable state of a run.
@@ -221,6 +253,12 @@ impl<F: Float> Simulation<F> {
             return Err(Error::invalid(
                 OP,
                 format!("shared unit {u} does not exist ({n_units} units)"),
+            ));
+        }
+        if config.method == Method::HeadOnly && config.shared_units.is_empty() {
+            return Err(Error::invalid(
+                OP,
+                "head-only training needs the head among the shared units",
             ));
         }
         let server = ServerState::new(config.server, initial.len());
@@ -321,6 +359,7 @@ impl<F: Float> Simulation<F> {
     fn planner(&self) -> Box<dyn Planner> {
         match (self.config.method, self.config.planner) {
             (Method::FedFgd | Method::FedMezo, _) => Box::new(AllUnitsPlanner),
+            (Method::HeadOnly, _) => Box::new(NoUnitsPlanner),
             (Method::Spry, PlannerKind::Reference) => Box::new(ReferencePlanner),
             (Method::Spry, PlannerKind::Reshuffle) => Box::new(ReshufflePlanner {
                 seed: self.config.seed,
@@ -385,6 +424,10 @@ impl<F: Float> Simulation<F> {
         let round = self.round;
         let (sampled, dropped) = self.sample_clients(round, task.n_clients());
         let assigned = self.assignments(round, sampled.len())?;
+        let probe = match self.config.diagnostics {
+            Some(cfg) => Some(super::diagnostics::Probe::before_round(self, task, cfg)?),
+            None => None,
+        };
         let (train_loss, bytes, skipped, rejected) = match self.config.comm {
             CommMode::PerEpoch => self.round_per_epoch(task, &sampled, &dropped, &assigned)?,
             CommMode::PerIteration => {
@@ -400,6 +443,9 @@ impl<F: Float> Simulation<F> {
             rejected,
             ..Default::default()
         };
+        if let Some(probe) = probe {
+            m.diagnostics = Some(probe.after_round(self, task)?);
+        }
         if self.round.is_multiple_of(self.config.eval_every.max(1))
             || self.round == self.config.rounds
         {
@@ -449,7 +495,7 @@ impl<F: Float> Simulation<F> {
                 step: 0,
             };
             let report = match cfg.method {
-                Method::Spry | Method::FedFgd => train_local(task, &mut local, &params, &batches, &cfg.client, &mut state, key)?,
+                Method::Spry | Method::FedFgd | Method::HeadOnly => train_local(task, &mut local, &params, &batches, &cfg.client, &mut state, key)?,
                 Method::FedMezo => train_local_mezo(task, &mut local, &params, &batches, &cfg.client, &mut state, key)?,
             };
             let update = ClientUpdate {
@@ -579,8 +625,9 @@ impl<F: Float> Simulation<F> {
                         client,
                         step: step as u64,
                     };
-                    let (exact_for, perturbed) =
+                    let (exact_for, candidates) =
                         split_exact(&params, &exact_available, cfg.client.head_grad);
+                    let perturbed = cfg.client.perturbation.filter(global, &candidates);
                     let dirs = if perturbed.is_empty() {
                         Directions::none(global.len())
                     } else {
@@ -709,6 +756,7 @@ impl<F: Float> Simulation<F> {
     ) -> Result<()> {
         let start = Instant::now();
         let offset = self.history.last().map_or(0.0, |m| m.wall_s);
+        let mut diag_s = 0.0;
         while self.round < self.config.rounds {
             let mut m = match self.run_round(task) {
                 Ok(m) => m,
@@ -724,7 +772,8 @@ impl<F: Float> Simulation<F> {
                 }
                 Err(e) => return Err(e),
             };
-            m.wall_s = offset + start.elapsed().as_secs_f64();
+            diag_s += m.diagnostics.as_ref().map_or(0.0, |d| d.seconds);
+            m.wall_s = offset + start.elapsed().as_secs_f64() - diag_s;
             let keep_going = on_round(&m);
             self.history.push(m);
             if let Some(p) = checkpoint {

@@ -168,6 +168,14 @@ impl FederatedTask<f32> for ClassificationTask<'_> {
         self.eval_on(&self.test, &idx, params)
     }
 
+    fn outputs(&self, batch: &LabelledBatch, params: &Trainable<f32>) -> Result<Option<Vec<f64>>> {
+        let none = Directions::none(params.len());
+        let out = self
+            .model
+            .forward(&batch.input, None, params, &none, None)?;
+        Ok(Some(out.logits.iter().map(|&v| v as f64).collect()))
+    }
+
     fn evaluate_client(&self, client: usize, params: &Trainable<f32>) -> Result<Evaluation> {
         let idx = self
             .client_test
