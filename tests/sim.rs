@@ -281,9 +281,10 @@ fn per_iteration_exact_head_uploads_the_head_gradient() {
     assert!(test_loss(&exact) < TinyTask::new().evaluate(&params).unwrap().loss);
 }
 
-/// `shared_units` adds units to every client's plan: with the head shared, every sampled client
-/// trains it, once, on top of the units the planner gave it (here the planner gives each of the
-/// two units to two of the four clients); a unit that does not exist is refused.
+/// `shared_units` adds units to every client's plan and is left out of the planning: with the
+/// head shared, every sampled client trains it, once, on top of the units the planner gave it
+/// (without sharing, the planner gives each of the two units to two of the four clients; with
+/// the head shared, it gives the other unit to all four); a unit that does not exist is refused.
 #[test]
 fn shared_units_are_trained_by_every_client() {
     let params = init_params(5);
@@ -310,6 +311,8 @@ fn shared_units_are_trained_by_every_client() {
             for p in &head {
                 assert_eq!(pb.iter().filter(|&q| q == p).count(), 1, "round {round}");
             }
+            // the planner spends no slot on the shared head: every client gets the other unit
+            assert!(pb.contains(&0) && pb.contains(&1), "round {round}: {pb:?}");
         }
     }
     // and the run uploads the head from every client: more bytes than the plan alone

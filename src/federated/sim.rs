@@ -392,20 +392,27 @@ impl<F: Float> Simulation<F> {
     }
 
     /// The parameter indices each of the `n_sampled` clients of `round` trains, in sampled
-    /// order: its planned units plus the `shared_units` (each unit once).
+    /// order: the units the planner gives it out of those that are not shared, then the
+    /// `shared_units` (which every client trains, so the planner does not spend a slot on them).
     ///
     /// # Errors
     /// The planner's errors (e.g. no client).
     pub fn assignments(&self, round: u64, n_sampled: usize) -> Result<Vec<Vec<usize>>> {
-        let plan = self
-            .planner()
-            .plan(round, n_sampled, self.global.units().len())?;
+        // the planner splits the units nobody trains anyway; shared units go to every client
+        let shared = &self.config.shared_units;
+        let planned: Vec<usize> = (0..self.global.units().len())
+            .filter(|u| !shared.contains(u))
+            .collect();
+        let plan = if planned.is_empty() {
+            vec![Vec::new(); n_sampled]
+        } else {
+            self.planner().plan(round, n_sampled, planned.len())?.units
+        };
         Ok(plan
-            .units
             .iter()
-            .map(|planned| {
-                let mut units = planned.clone();
-                for &u in &self.config.shared_units {
+            .map(|slot| {
+                let mut units: Vec<usize> = slot.iter().map(|&j| planned[j]).collect();
+                for &u in shared {
                     if !units.contains(&u) {
                         units.push(u);
                     }
