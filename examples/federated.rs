@@ -202,6 +202,14 @@ struct Args {
     /// LoRA α.
     #[arg(long, default_value_t = 1.0)]
     lora_alpha: f64,
+    /// LoRA target modules (PEFT suffix match), comma-separated; e.g. `query,key,value,dense`
+    /// for every linear layer of the encoder.
+    #[arg(long, value_delimiter = ',', default_value = "query,value")]
+    targets: Vec<String>,
+    /// Only these encoder layers get adapters (PEFT's `layers_to_transform`), comma-separated;
+    /// default: every layer.
+    #[arg(long, value_delimiter = ',')]
+    lora_layers: Option<Vec<usize>>,
     /// Data partition.
     #[arg(long, value_enum, default_value = "dirichlet")]
     partition: PartitionArg,
@@ -254,7 +262,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         modules_to_save: Some(vec!["classifier".into()]),
         task_type: Some("SEQ_CLS".into()),
         base_model_name_or_path: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
-        ..LoraConfig::new(args.lora_r, args.lora_alpha, 0.0, &["query", "value"])
+        layers_to_transform: args.lora_layers.clone(),
+        ..LoraConfig::new(
+            args.lora_r,
+            args.lora_alpha,
+            0.0,
+            &args.targets.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
     };
     let opts = TokenizerOptions::default().with_max_len(args.max_len);
     let (model, initial, tokenizer) =

@@ -445,3 +445,26 @@ fn transposed_mask_view_is_honoured() {
     assert_eq!(flat(slow.primal()), vec![601.0, 100.0]);
     assert_eq!(tangent_or_zeros(&fast, 1), vec![201.0, 20.0]);
 }
+
+/// PEFT's suffix rule, restricted by `layers_to_transform` to the listed layer indices.
+#[test]
+fn lora_targets_follow_names_and_layers() {
+    use spry::modules::LoraConfig;
+    let mut cfg = LoraConfig::new(1, 1.0, 0.0, &["query", "value"]);
+    let q3 = "encoder.layer.3.attention.self.query";
+    assert!(cfg.targets(q3) && cfg.targets("encoder.layer.0.attention.self.value"));
+    assert!(!cfg.targets("encoder.layer.3.attention.self.key") && !cfg.targets("xquery"));
+    cfg.layers_to_transform = Some(vec![4, 5]);
+    assert!(!cfg.targets(q3));
+    assert!(cfg.targets("encoder.layer.5.attention.self.query"));
+    assert!(
+        !cfg.targets("query"),
+        "a path without a layer index is not in any listed layer"
+    );
+    // the field round-trips through adapter_config.json and is omitted when unset
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(json.contains("\"layers_to_transform\":[4,5]"));
+    assert_eq!(serde_json::from_str::<LoraConfig>(&json).unwrap(), cfg);
+    let plain = serde_json::to_string(&LoraConfig::default()).unwrap();
+    assert!(!plain.contains("layers_to_transform"));
+}

@@ -27,6 +27,11 @@ pub struct LoraConfig {
     /// Module names that get an adapter, matched against the last component(s) of the module
     /// path (PEFT's suffix match), e.g. `["query", "value"]` or `["q_proj", "v_proj"]`.
     pub target_modules: Vec<String>,
+    /// Only the layers with these indices get adapters (PEFT's `layers_to_transform`; the layer
+    /// index is the first numeric component of the module path, e.g. 3 in
+    /// `encoder.layer.3.attention.self.query`); `None`: every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_to_transform: Option<Vec<usize>>,
     /// Modules trained in full and saved with the adapter (the task head), e.g. `["classifier"]`.
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
@@ -63,6 +68,7 @@ impl Default for LoraConfig {
             lora_alpha: 1.0,
             lora_dropout: 0.1,
             target_modules: vec!["query".into(), "value".into()],
+            layers_to_transform: None,
             modules_to_save: None,
             task_type: None,
             base_model_name_or_path: None,
@@ -91,11 +97,18 @@ impl LoraConfig {
     }
 
     /// Whether the module at dotted `path` is targeted (PEFT's rule: the path equals a target or
-    /// ends with `.target`).
+    /// ends with `.target`, and, with `layers_to_transform`, its layer index is listed).
     pub fn targets(&self, path: &str) -> bool {
-        self.target_modules
+        let named = self
+            .target_modules
             .iter()
-            .any(|t| path == t || path.ends_with(&format!(".{t}")))
+            .any(|t| path == t || path.ends_with(&format!(".{t}")));
+        named
+            && self.layers_to_transform.as_ref().is_none_or(|layers| {
+                path.split('.')
+                    .find_map(|c| c.parse::<usize>().ok())
+                    .is_some_and(|l| layers.contains(&l))
+            })
     }
 
     /// Checks the hyper-parameters.
