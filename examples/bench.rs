@@ -24,8 +24,9 @@ use std::process::Command;
 use clap::{Parser, ValueEnum};
 use ndarray::Array2;
 use spry::federated::{
-    ClassificationTask, ClientConfig, HeadGrad, LabelledBatch, LanguageModelTask, LmBatch,
-    LocalOptimizer, Objective, OptimizerState, Perturbation, StepKey, directions, train_local,
+    ClassificationTask, ClientConfig, DirectionScheme, HeadGrad, LabelledBatch, LanguageModelTask,
+    LmBatch, LocalOptimizer, Objective, OptimizerState, Perturbation, StepKey, directions,
+    train_local,
 };
 use spry::metrics::{current_rss_mib, median_time, peak_rss_mib};
 use spry::models::bert::{BertBatch, BertClassifier, Pooling};
@@ -249,6 +250,7 @@ fn client_step(cfg_k: usize) -> ClientConfig {
         dropout: false,
         zo_eps: 1e-3,
         perturbation: Perturbation::All,
+        directions: DirectionScheme::Gaussian,
     }
 }
 

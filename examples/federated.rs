@@ -15,9 +15,9 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use spry::data::{PartitionScheme, dirichlet, iid, load_labelled_tsv, natural, train_test_split};
 use spry::federated::{
-    ClassificationTask, ClientConfig, CommMode, DiagnosticsConfig, FederatedTask, HeadGrad,
-    LocalOptimizer, Method, Perturbation, PlannerKind, RoundMetrics, ServerOptimizer, SimConfig,
-    Simulation,
+    ClassificationTask, ClientConfig, CommMode, DiagnosticsConfig, DirectionScheme, FederatedTask,
+    HeadGrad, LocalOptimizer, Method, Perturbation, PlannerKind, RoundMetrics, ServerOptimizer,
+    SimConfig, Simulation,
 };
 use spry::models::bert::Pooling;
 use spry::models::pretrained::load_bert_classifier_dir;
@@ -44,6 +44,12 @@ enum PerturbationArg {
     All,
     BOnly,
     BFirst,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DirectionsArg {
+    Gaussian,
+    Guided,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -164,6 +170,10 @@ struct Args {
     /// init), or A only once B is non-zero.
     #[arg(long, value_enum, default_value = "all")]
     perturbation: PerturbationArg,
+    /// How directions are drawn: independent Gaussians, or guided (one of the K directions
+    /// along each LoRA B's current value, the rest orthogonal to it; still unbiased).
+    #[arg(long, value_enum, default_value = "gaussian")]
+    directions: DirectionsArg,
     /// Fraction of the training file held out as a validation split (never trained on).
     #[arg(long, default_value_t = 0.1)]
     val_frac: f64,
@@ -176,6 +186,10 @@ struct Args {
     /// time is excluded from `wall_s`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     diagnostics: bool,
+    /// Rounds between the diagnostics' exact-gradient measurements (the costly part: a few dual
+    /// passes of 64 basis directions per 64 scalars of the probed unit).
+    #[arg(long, default_value_t = 5)]
+    diag_gradient_every: u64,
     /// Optimizer of the tensors trained on their exact gradient (the head with `--head-grad
     /// exact`): plain SGD follows the gradient's magnitude and settles, where AdamW, restarted
     /// every round, takes sign-like steps of `--head-lr` and keeps oscillating.
@@ -388,6 +402,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 PerturbationArg::BOnly => Perturbation::LoraBOnly,
                 PerturbationArg::BFirst => Perturbation::BFirst,
             },
+            directions: match args.directions {
+                DirectionsArg::Gaussian => DirectionScheme::Gaussian,
+                DirectionsArg::Guided => DirectionScheme::GuidedByLoraB,
+            },
         },
         keep_client_state: false,
         seed: args.seed,
@@ -400,7 +418,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Vec::new()
         },
-        diagnostics: args.diagnostics.then(DiagnosticsConfig::default),
+        diagnostics: args.diagnostics.then(|| DiagnosticsConfig {
+            gradient_every: args.diag_gradient_every,
+            ..DiagnosticsConfig::default()
+        }),
     };
     let ckpt_path = args.out.join("checkpoint.json");
     let mut sim = if args.resume && ckpt_path.is_file() {

@@ -12,8 +12,8 @@ use std::time::Instant;
 use clap::Parser;
 use spry::data::iid;
 use spry::federated::{
-    ClientConfig, CommMode, HeadGrad, LanguageModelTask, LocalOptimizer, Method, Perturbation,
-    PlannerKind, ServerOptimizer, SimConfig, Simulation, lm_sequences,
+    ClientConfig, CommMode, DirectionScheme, HeadGrad, LanguageModelTask, LocalOptimizer, Method,
+    Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation, lm_sequences,
 };
 use spry::models::pretrained::load_llama_gguf;
 use spry::modules::LoraConfig;
@@ -139,6 +139,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             dropout: false,
             zo_eps: 1e-3,
             perturbation: Perturbation::All,
+            directions: DirectionScheme::Gaussian,
         },
         keep_client_state: false,
         seed: args.seed,

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::{Array1, ArrayD};
 use spry::federated::{
-    ClientConfig, HeadGrad, LocalOptimizer, LossJvp, Objective, OptimizerState, Perturbation,
-    StepKey, direction, train_local,
+    ClientConfig, DirectionScheme, HeadGrad, LocalOptimizer, LossJvp, Objective, OptimizerState,
+    Perturbation, StepKey, direction, train_local,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use tiny_model::*;
@@ -35,6 +35,7 @@ fn cfg(k: usize, epochs: usize, optimizer: LocalOptimizer) -> ClientConfig {
         dropout: false,
         zo_eps: 1e-3,
         perturbation: Perturbation::All,
+        directions: DirectionScheme::Gaussian,
     }
 }
 

@@ -6,7 +6,7 @@ mod tiny_model;
 
 use ndarray::{ArrayD, IxDyn};
 use spry::federated::diagnostics::{cosine, estimator_cosine, exact_gradient, norm, zeroed};
-use spry::federated::{Perturbation, StepKey};
+use spry::federated::{Perturbation, StepKey, directions};
 use spry::modules::Trainable;
 use tiny_model::{TinyNet, fd_gradient, flatten, init_params, offsets, random_batch};
 
@@ -53,20 +53,27 @@ fn estimator_cosine_grows_with_k_towards_one() {
     let batch = random_batch(4, 16);
     let of = [0usize, 1]; // the hidden unit: 16 scalars
     let g = exact_gradient(&net, &batch, &params, &of, 8).unwrap();
-    let keys: Vec<StepKey> = (0..64)
-        .map(|step| StepKey {
-            seed: 1,
-            round: 0,
-            client: 0,
-            step,
-        })
-        .collect();
-    let c1 = estimator_cosine(&net, &batch, &params, &of, &g, 1, &keys).unwrap();
-    let c4096 = estimator_cosine(&net, &batch, &params, &of, &g, 4096, &keys[..2]).unwrap();
+    let draws = |k: usize, n: u64| -> Vec<_> {
+        (0..n)
+            .map(|step| {
+                let key = StepKey {
+                    seed: 1,
+                    round: 0,
+                    client: 0,
+                    step,
+                };
+                directions(&params, &of, k, key).unwrap()
+            })
+            .collect()
+    };
+    let c1 = estimator_cosine(&net, &batch, &params, &of, &g, &draws(1, 64)).unwrap();
+    let c4096 = estimator_cosine(&net, &batch, &params, &of, &g, &draws(4096, 2)).unwrap();
     // E[cos] for K = 1 over d = 16 Gaussian coordinates is about √(2/(π·16)) ≈ 0.2
     assert!(c1 > 0.1 && c1 < 0.35, "K = 1: {c1}");
     assert!(c4096 > 0.98, "K = 4096: {c4096}");
-    assert!(estimator_cosine(&net, &batch, &params, &of, &g, 0, &keys[..1]).is_err());
+    // a draw without directions on the probed tensors is refused
+    let none = spry::modules::Directions::none(params.len());
+    assert!(estimator_cosine(&net, &batch, &params, &of, &g, &[none]).is_err());
 }
 
 #[test]

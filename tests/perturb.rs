@@ -254,3 +254,90 @@ fn f32_directions_are_the_f64_draws_rounded() {
         assert_eq!(*a as f32, *b);
     }
 }
+
+/// A LoRA pair whose B `[3, 1]` holds `b`, and a second tensor (a head) `[2]`.
+fn lora_registry(b: [f64; 3]) -> Trainable<f64> {
+    let mut t = Trainable::new();
+    t.push_unit(
+        "layer.0.q",
+        vec![
+            (
+                "layer.0.q.lora_A.weight".into(),
+                ArrayD::ones(IxDyn(&[1, 2])),
+            ),
+            (
+                "layer.0.q.lora_B.weight".into(),
+                ArrayD::from_shape_vec(IxDyn(&[3, 1]), b.to_vec()).unwrap(),
+            ),
+        ],
+    )
+    .unwrap();
+    t.push_unit(
+        "head",
+        vec![("head.weight".into(), ArrayD::zeros(IxDyn(&[2])))],
+    )
+    .unwrap();
+    t
+}
+
+#[test]
+fn guided_directions_lead_along_b_and_stay_unbiased() {
+    use spry::federated::{DirectionScheme, directions_with};
+    let t = lora_registry([3.0, 0.0, 4.0]);
+    let w = [0.6, 0.0, 0.8];
+    let params = [0, 1, 2];
+    let k = 4;
+    let d = directions_with(&t, &params, k, key(), DirectionScheme::GuidedByLoraB).unwrap();
+    let b = d.get(1).unwrap();
+    // direction 0: ±√K·ŵ; directions 1..K orthogonal to ŵ
+    let lead: Vec<f64> = b.index_axis(ndarray::Axis(0), 0).iter().copied().collect();
+    let s = lead[0] / (2.0 * w[0]);
+    assert!((s.abs() - 1.0).abs() < 1e-12, "{lead:?}");
+    for (x, wi) in lead.iter().zip(w) {
+        assert!((x - s * 2.0 * wi).abs() < 1e-12);
+    }
+    for kk in 1..k {
+        let v = b.index_axis(ndarray::Axis(0), kk);
+        let dot: f64 = v.iter().zip(w).map(|(x, wi)| x * wi).sum();
+        assert!(dot.abs() < 1e-12);
+    }
+    // A and the head keep their Gaussian directions; the same key replays bit for bit
+    let plain = directions(&t, &params, k, key()).unwrap();
+    assert_eq!(d.get(0), plain.get(0));
+    assert_eq!(d.get(2), plain.get(2));
+    let again = directions_with(&t, &params, k, key(), DirectionScheme::GuidedByLoraB).unwrap();
+    assert_eq!(bits(b), bits(again.get(1).unwrap()));
+    // a zero B, or K = 1, falls back to Gaussian directions
+    let zero = lora_registry([0.0; 3]);
+    let g = directions_with(&zero, &params, k, key(), DirectionScheme::GuidedByLoraB).unwrap();
+    assert_eq!(g, directions(&zero, &params, k, key()).unwrap());
+    let one = directions_with(&t, &params, 1, key(), DirectionScheme::GuidedByLoraB).unwrap();
+    assert_eq!(one, directions(&t, &params, 1, key()).unwrap());
+    // E[(1/K) Σ_k v vᵀ] = I over B and the head jointly (the estimator stays unbiased)
+    let n = 6000u64;
+    let mut m = [[0.0f64; 5]; 5];
+    for step in 0..n {
+        let key = StepKey { step, ..key() };
+        let d = directions_with(&t, &[1, 2], k, key, DirectionScheme::GuidedByLoraB).unwrap();
+        let (vb, vh) = (d.get(1).unwrap(), d.get(2).unwrap());
+        for kk in 0..k {
+            let v: Vec<f64> = vb
+                .index_axis(ndarray::Axis(0), kk)
+                .iter()
+                .chain(vh.index_axis(ndarray::Axis(0), kk).iter())
+                .copied()
+                .collect();
+            for i in 0..5 {
+                for j in 0..5 {
+                    m[i][j] += v[i] * v[j] / (k as f64 * n as f64);
+                }
+            }
+        }
+    }
+    for (i, row) in m.iter().enumerate() {
+        for (j, x) in row.iter().enumerate() {
+            let want = if i == j { 1.0 } else { 0.0 };
+            assert!((x - want).abs() < 0.06, "E[vvᵀ][{i}][{j}] = {x}");
+        }
+    }
+}

@@ -4,8 +4,8 @@
 mod tiny_model;
 
 use spry::federated::{
-    ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad, LocalOptimizer, LossJvp, Method,
-    Objective, Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
+    ClientConfig, CommMode, DirectionScheme, Evaluation, FederatedTask, HeadGrad, LocalOptimizer,
+    LossJvp, Method, Objective, Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use spry::{Error, Result};
@@ -93,6 +93,7 @@ fn config(method: Method, comm: CommMode) -> SimConfig {
             dropout: false,
             zo_eps: 1e-3,
             perturbation: Perturbation::All,
+            directions: DirectionScheme::Gaussian,
         },
         keep_client_state: false,
         seed: 11,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::estimator::{Estimate, EstimatorConfig, forward_gradient};
 use super::optim::{LocalOptimizer, OptimizerState};
-use super::perturb::{StepKey, directions};
+use super::perturb::{DirectionScheme, StepKey, directions_with};
 use crate::modules::{Directions, DropoutKey, Trainable};
 use crate::{Float, Result};
 
@@ -90,6 +90,9 @@ pub struct ClientConfig {
     /// Which of a client's assigned tensors carry directions.
     #[serde(default)]
     pub perturbation: Perturbation,
+    /// How the directions are drawn.
+    #[serde(default)]
+    pub directions: DirectionScheme,
 }
 
 /// Which tensors of a client's assigned LoRA units are perturbed (and so trained).
@@ -226,7 +229,7 @@ pub fn train_local<F: Float, O: Objective<F>>(
             let dirs = if perturbed.is_empty() {
                 Directions::none(params.len())
             } else {
-                directions(params, &perturbed, cfg.k, step_key)?
+                directions_with(params, &perturbed, cfg.k, step_key, cfg.directions)?
             };
             let dropout = cfg.dropout.then(|| DropoutKey {
                 seed: key.seed,

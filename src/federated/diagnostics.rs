@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::client::{HeadGrad, Objective, split_exact};
 use super::estimator::{Estimate, EstimatorConfig, forward_gradient};
-use super::perturb::{StepKey, directions};
+use super::perturb::{StepKey, directions_with};
 use super::sim::{FederatedTask, Simulation};
 use crate::modules::{Directions, Trainable};
 use crate::{Error, Float, Result};
@@ -126,35 +126,31 @@ pub fn norm<'a, F: Float + 'a>(a: impl IntoIterator<Item = &'a ArrayD<F>>) -> f6
         .sqrt()
 }
 
-/// The mean cosine, over one draw per key of `keys`, between the forward-gradient estimate of
-/// the parameters `of` (K directions from the client's keyed stream, as in training) and their
-/// exact gradient `exact` (from [`exact_gradient`]).
+/// The mean cosine, over the draws `draws` (each K directions on the parameters `of`, as a
+/// client draws them), between the forward-gradient estimate and the exact gradient `exact` of
+/// those parameters (from [`exact_gradient`]).
 ///
 /// # Errors
-/// Objective errors; [`Error::InvalidArgument`] for K = 0 or a non-finite JVP.
+/// Objective errors; [`Error::InvalidArgument`] for a draw without directions on `of` or a
+/// non-finite JVP.
 pub fn estimator_cosine<F: Float, O: Objective<F>>(
     objective: &O,
     batch: &O::Batch,
     params: &Trainable<F>,
     of: &[usize],
     exact: &[ArrayD<F>],
-    k: usize,
-    keys: &[StepKey],
+    draws: &[Directions<F>],
 ) -> Result<f64> {
     const OP: &str = "estimator_cosine";
-    if k == 0 {
-        return Err(Error::invalid(OP, "K must be at least 1"));
-    }
     let mut sum = 0.0;
-    for &key in keys {
-        let dirs = directions(params, of, k, key)?;
-        let out = objective.loss_jvp(batch, params, &dirs, None, &[])?;
+    for dirs in draws {
+        let out = objective.loss_jvp(batch, params, dirs, None, &[])?;
         let jvp = out
             .jvp
             .ok_or_else(|| Error::invalid(OP, "the objective returned no JVP"))?;
         let est = match forward_gradient(
             jvp.as_slice().expect("contiguous"),
-            &dirs,
+            dirs,
             &EstimatorConfig::default(),
         )? {
             Estimate::Gradient(g) => g,
@@ -162,11 +158,15 @@ pub fn estimator_cosine<F: Float, O: Objective<F>>(
         };
         let est: Vec<ArrayD<F>> = of
             .iter()
-            .map(|&p| est[p].clone().expect("perturbed"))
-            .collect();
+            .map(|&p| {
+                est[p]
+                    .clone()
+                    .ok_or_else(|| Error::invalid(OP, format!("no direction on parameter {p}")))
+            })
+            .collect::<Result<_>>()?;
         sum += cosine(&est, exact);
     }
-    Ok(sum / keys.len().max(1) as f64)
+    Ok(sum / draws.len().max(1) as f64)
 }
 
 /// What the simulation measures per round when diagnostics are on (all on one fixed probe batch
@@ -300,16 +300,19 @@ impl<F: Float> Probe<F> {
         if let Some((_, of)) = &unit {
             let batch = task.probe_batch(cfg.probe_size)?;
             grad = exact_gradient(task, &batch, params, of, cfg.stack)?;
-            let keys: Vec<StepKey> = (0..cfg.draws as u64)
-                .map(|step| StepKey {
-                    seed: sim.config.seed,
-                    round: sim.round,
-                    client: u64::MAX,
-                    step,
+            let client = &sim.config.client;
+            let draws: Vec<Directions<F>> = (0..cfg.draws as u64)
+                .map(|step| {
+                    let key = StepKey {
+                        seed: sim.config.seed,
+                        round: sim.round,
+                        client: u64::MAX,
+                        step,
+                    };
+                    directions_with(params, of, client.k, key, client.directions)
                 })
-                .collect();
-            est_cos =
-                estimator_cosine(task, &batch, params, of, &grad, sim.config.client.k, &keys)?;
+                .collect::<Result<_>>()?;
+            est_cos = estimator_cosine(task, &batch, params, of, &grad, &draws)?;
         }
         Ok(Probe {
             cfg,

@@ -26,7 +26,7 @@ pub use diagnostics::{DiagnosticsConfig, RoundDiagnostics};
 pub use estimator::{Estimate, EstimatorConfig, forward_gradient};
 pub use mezo::{spsa_direction, train_local_mezo};
 pub use optim::{LocalOptimizer, OptimizerState};
-pub use perturb::{StepKey, direction, directions};
+pub use perturb::{DirectionScheme, StepKey, direction, directions, directions_with};
 pub use planner::{
     AllUnitsPlanner, DepthAwarePlanner, NoUnitsPlanner, Plan, Planner, ReferencePlanner,
     ReshufflePlanner,

@@ -7,6 +7,7 @@
 //! which is what per-iteration communication (uploading only the K JVP scalars) relies on.
 
 use ndarray::{ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
 
 use crate::modules::{Directions, Trainable};
 use crate::rng::{Domain, KeyedRng};
@@ -37,8 +38,29 @@ pub fn direction<F: Float>(key: StepKey, k: usize, param: usize, shape: &[usize]
     v
 }
 
+/// How the K directions of a step are drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectionScheme {
+    /// `v_k ~ N(0, I)`, independent (the paper).
+    #[default]
+    Gaussian,
+    /// Directions guided by the current value of every perturbed `lora_B` tensor. LoRA's B
+    /// starts at zero, so its value is the sum of its past updates: a guess of the descent
+    /// direction that client and server both hold, with no extra communication. For such a
+    /// tensor with value `w ≠ 0` and `ŵ = w/‖w‖`, `P⊥ = I − ŵŵᵀ`:
+    ///
+    /// - direction 0 is `s·√K·ŵ`, with `s = ±1` a keyed random sign per tensor;
+    /// - directions `1..K` are `√(K/(K−1))·P⊥z_k`, `z_k ~ N(0, I)`.
+    ///
+    /// Then `E[(1/K) Σ_k v_k v_kᵀ] = ŵŵᵀ + P⊥ = I`, so `ĝ = (1/K) Σ_k (∇L·v_k) v_k` stays
+    /// unbiased, and its component along `ŵ` is measured exactly instead of through `d` noisy
+    /// coordinates (the random signs cancel the cross terms between tensors in expectation).
+    /// Other tensors, a `lora_B` that is still zero, and K = 1 get Gaussian directions.
+    GuidedByLoraB,
+}
+
 /// K directions on each parameter in `params` (the client's assigned tensors), symbolic zeros
-/// elsewhere.
+/// elsewhere: [`directions_with`] and [`DirectionScheme::Gaussian`].
 ///
 /// # Errors
 /// Only if the registry and the index list disagree (an index out of range is an
@@ -49,14 +71,33 @@ pub fn directions<F: Float>(
     k: usize,
     key: StepKey,
 ) -> Result<Directions<F>> {
+    directions_with(trainable, params, k, key, DirectionScheme::Gaussian)
+}
+
+/// K directions on each parameter in `params` under `scheme`, symbolic zeros elsewhere: a pure
+/// function of `key`, `scheme` and the current values of `trainable` (which the server holds
+/// too in per-iteration mode), so it can be replayed.
+///
+/// # Shapes
+/// - each direction tensor: `[K, param shape]`
+///
+/// # Errors
+/// Only if the registry and the index list disagree (an index out of range is an
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument)).
+pub fn directions_with<F: Float>(
+    trainable: &Trainable<F>,
+    params: &[usize],
+    k: usize,
+    key: StepKey,
+    scheme: DirectionScheme,
+) -> Result<Directions<F>> {
     let mut per_param: Vec<Option<ArrayD<F>>> = vec![None; trainable.len()];
     for &p in params {
-        let shape = trainable
+        let value = trainable
             .values()
             .get(p)
-            .ok_or_else(|| crate::Error::invalid("directions", format!("no parameter {p}")))?
-            .shape()
-            .to_vec();
+            .ok_or_else(|| crate::Error::invalid("directions", format!("no parameter {p}")))?;
+        let shape = value.shape().to_vec();
         let mut full = vec![k];
         full.extend_from_slice(&shape);
         let mut t = ArrayD::<F>::zeros(IxDyn(&full));
@@ -64,7 +105,44 @@ pub fn directions<F: Float>(
             t.index_axis_mut(ndarray::Axis(0), kk)
                 .assign(&direction::<F>(key, kk, p, &shape));
         }
+        let guided = scheme == DirectionScheme::GuidedByLoraB
+            && k >= 2
+            && trainable.names()[p].contains("lora_B");
+        if guided {
+            guide(&mut t, value, key, p);
+        }
         per_param[p] = Some(t);
     }
     Directions::new(trainable, k, per_param)
+}
+
+/// Rewrites the Gaussian directions `t` `[K, ..]` of one tensor into the guided ones of
+/// [`DirectionScheme::GuidedByLoraB`] (unchanged when `value` is zero).
+fn guide<F: Float>(t: &mut ArrayD<F>, value: &ArrayD<F>, key: StepKey, param: usize) {
+    let norm = value.iter().map(|v| v.as_f64().powi(2)).sum::<f64>().sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return;
+    }
+    let k = t.shape()[0] as f64;
+    let w: Vec<f64> = value.iter().map(|v| v.as_f64() / norm).collect();
+    let mut sign_rng = KeyedRng::new(
+        key.seed,
+        Domain::Perturbation,
+        &[key.round, key.client, key.step, u64::MAX, param as u64],
+    );
+    let sign = if sign_rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+    let (lead, scale_rest) = (sign * k.sqrt(), (k / (k - 1.0)).sqrt());
+    for (kk, mut v) in t.outer_iter_mut().enumerate() {
+        if kk == 0 {
+            for (x, wi) in v.iter_mut().zip(&w) {
+                *x = F::from_f64(lead * wi);
+            }
+        } else {
+            // √(K/(K−1))·(z − (ŵ·z)ŵ)
+            let dot: f64 = v.iter().zip(&w).map(|(x, wi)| x.as_f64() * wi).sum();
+            for (x, wi) in v.iter_mut().zip(&w) {
+                *x = F::from_f64(scale_rest * (x.as_f64() - dot * wi));
+            }
+        }
+    }
 }

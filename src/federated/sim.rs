@@ -23,7 +23,7 @@ use super::diagnostics::{DiagnosticsConfig, RoundDiagnostics};
 use super::estimator::{Estimate, EstimatorConfig, forward_gradient};
 use super::mezo::train_local_mezo;
 use super::optim::OptimizerState;
-use super::perturb::{StepKey, directions};
+use super::perturb::{StepKey, directions_with};
 use super::planner::{
     AllUnitsPlanner, DepthAwarePlanner, NoUnitsPlanner, Planner, ReferencePlanner, ReshufflePlanner,
 };
@@ -638,7 +638,13 @@ impl<F: Float> Simulation<F> {
                     let dirs = if perturbed.is_empty() {
                         Directions::none(global.len())
                     } else {
-                        directions(global, &perturbed, cfg.client.k, key)?
+                        directions_with(
+                            global,
+                            &perturbed,
+                            cfg.client.k,
+                            key,
+                            cfg.client.directions,
+                        )?
                     };
                     let dropout = cfg.client.dropout.then(|| DropoutKey {
                         seed: cfg.seed,
@@ -682,7 +688,13 @@ impl<F: Float> Simulation<F> {
                         client: u.client,
                         step: step as u64,
                     };
-                    let dirs = directions(&self.global, &u.perturbed, cfg.client.k, key)?;
+                    let dirs = directions_with(
+                        &self.global,
+                        &u.perturbed,
+                        cfg.client.k,
+                        key,
+                        cfg.client.directions,
+                    )?;
                     match forward_gradient(&u.jvp, &dirs, &est_cfg)? {
                         Estimate::NonFinite => {
                             skipped += 1;
