@@ -21,7 +21,7 @@ use spry::federated::{
 };
 use spry::models::bert::Pooling;
 use spry::models::pretrained::load_bert_classifier_dir;
-use spry::modules::LoraConfig;
+use spry::modules::{LoraConfig, parse_layers};
 use spry::tokenizer::TokenizerOptions;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -31,25 +31,6 @@ enum MethodArg {
     Fedfgd,
     /// Adapters frozen, the head on its exact gradient: a federated linear probe.
     HeadOnly,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum OptimizerArg {
-    Adamw,
-    Sgd,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum PerturbationArg {
-    All,
-    BOnly,
-    BFirst,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum DirectionsArg {
-    Gaussian,
-    Guided,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -91,12 +72,6 @@ enum PartitionArg {
     Dirichlet,
     Iid,
     Natural,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum HeadOptimizerArg {
-    Sgd,
-    Adamw,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -164,19 +139,16 @@ struct Args {
     /// estimate's magnitude; AdamW moves every coordinate by about `lr` per step whatever the
     /// (noise-dominated) estimate says, and at 1e-4 or 1e-3 left the adapters' effect on the
     /// loss below 1e-3 nats.
-    #[arg(long, value_enum, default_value = "sgd")]
-    optimizer: OptimizerArg,
-    /// SGD momentum of `--optimizer sgd`.
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f64,
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
+    optimizer: String,
     /// Which tensors of an assigned LoRA unit are perturbed: all, B only (A frozen at its random
     /// init), or A only once B is non-zero.
-    #[arg(long, value_enum, default_value = "b-only")]
-    perturbation: PerturbationArg,
+    #[arg(long, default_value = "b-only")]
+    perturbation: Perturbation,
     /// How directions are drawn: independent Gaussians, or guided (one of the K directions
     /// along each LoRA B's current value, the rest orthogonal to it; still unbiased).
-    #[arg(long, value_enum, default_value = "gaussian")]
-    directions: DirectionsArg,
+    #[arg(long, default_value = "gaussian")]
+    directions: DirectionScheme,
     /// Fraction of the training file held out as a validation split (never trained on).
     #[arg(long, default_value_t = 0.1)]
     val_frac: f64,
@@ -196,8 +168,8 @@ struct Args {
     /// Optimizer of the tensors trained on their exact gradient (the head with `--head-grad
     /// exact`): plain SGD follows the gradient's magnitude and settles, where AdamW, restarted
     /// every round, takes sign-like steps of `--head-lr` and keeps oscillating.
-    #[arg(long, value_enum, default_value = "sgd")]
-    head_optimizer: HeadOptimizerArg,
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
+    head_optimizer: String,
     /// Learning rate of `--head-optimizer`. The mean-pooled MiniLM features are small (mean
     /// |x| ≈ 0.15, top eigenvalue of E[xxᵀ] ≈ 3.3), so the head's cross-entropy is flat and SGD
     /// takes a large rate; much above 2 the local steps overshoot (local losses of several
@@ -226,8 +198,8 @@ struct Args {
     /// Only these encoder layers get adapters (PEFT's `layers_to_transform`), comma-separated
     /// (default: the top two of MiniLM's six, so each of the four units is trained by five of
     /// the 20 clients of a round and the tangents start at layer 4); `all` for every layer.
-    #[arg(long, value_delimiter = ',', default_value = "4,5")]
-    lora_layers: Vec<String>,
+    #[arg(long, default_value = "4,5")]
+    lora_layers: String,
     /// Data partition.
     #[arg(long, value_enum, default_value = "dirichlet")]
     partition: PartitionArg,
@@ -378,22 +350,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         client: ClientConfig {
             k: args.k,
             local_epochs: args.local_epochs,
-            optimizer: match args.optimizer {
-                OptimizerArg::Adamw => LocalOptimizer::adamw(args.lr),
-                OptimizerArg::Sgd => LocalOptimizer::Sgd {
-                    lr: args.lr,
-                    momentum: args.momentum,
-                    weight_decay: 0.0,
-                },
-            },
-            exact_optimizer: Some(match args.head_optimizer {
-                HeadOptimizerArg::Sgd => LocalOptimizer::Sgd {
-                    lr: args.head_lr,
-                    momentum: 0.0,
-                    weight_decay: 0.0,
-                },
-                HeadOptimizerArg::Adamw => LocalOptimizer::adamw(args.head_lr),
-            }),
+            optimizer: LocalOptimizer::named(&args.optimizer, args.lr)?,
+            exact_optimizer: Some(LocalOptimizer::named(&args.head_optimizer, args.head_lr)?),
             jvp_clip: None,
             head_grad: match args.head_grad {
                 HeadGradArg::Exact => HeadGrad::Exact,
@@ -401,15 +359,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             },
             dropout: false,
             zo_eps: 1e-3,
-            perturbation: match args.perturbation {
-                PerturbationArg::All => Perturbation::All,
-                PerturbationArg::BOnly => Perturbation::LoraBOnly,
-                PerturbationArg::BFirst => Perturbation::BFirst,
-            },
-            directions: match args.directions {
-                DirectionsArg::Gaussian => DirectionScheme::Gaussian,
-                DirectionsArg::Guided => DirectionScheme::GuidedByLoraB,
-            },
+            perturbation: args.perturbation,
+            directions: args.directions,
         },
         keep_client_state: false,
         seed: args.seed,
@@ -528,19 +479,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
-}
-
-/// `--lora-layers`: `all`, or layer indices.
-fn parse_layers(items: &[String]) -> Result<Option<Vec<usize>>, Box<dyn std::error::Error>> {
-    if items.iter().any(|s| s == "all") {
-        return Ok(None);
-    }
-    let layers = items
-        .iter()
-        .map(|s| s.trim().parse::<usize>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--lora-layers: {e}"))?;
-    Ok(Some(layers))
 }
 
 fn csv_row(m: &RoundMetrics) -> String {

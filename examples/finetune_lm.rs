@@ -16,7 +16,7 @@ use spry::federated::{
     Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation, lm_sequences,
 };
 use spry::models::pretrained::load_llama_gguf;
-use spry::modules::LoraConfig;
+use spry::modules::{LoraConfig, parse_layers};
 
 /// Federated Spry finetuning of SmolLM2 on hamlet.txt.
 #[derive(Parser, Debug)]
@@ -45,9 +45,30 @@ struct Args {
     /// Tangent directions per step.
     #[arg(long, default_value_t = 4)]
     k: usize,
-    /// Client AdamW learning rate.
+    /// Training method: Spry (forward gradients on split units) or the FedMeZO baseline.
+    #[arg(long, default_value = "spry", value_parser = ["spry", "fedmezo"])]
+    method: String,
+    /// Client learning rate.
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
+    /// Client optimizer.
+    #[arg(long, default_value = "adamw", value_parser = ["sgd", "adamw"])]
+    optimizer: String,
+    /// Which tensors of an assigned LoRA unit are perturbed: all, b-only or b-first.
+    #[arg(long, default_value = "all")]
+    perturbation: Perturbation,
+    /// Directions: gaussian, or guided by each LoRA B's current value.
+    #[arg(long, default_value = "gaussian")]
+    directions: DirectionScheme,
+    /// Layers with adapters (PEFT's `layers_to_transform`): `all` or indices such as `26,27,28,29`.
+    #[arg(long, default_value = "all")]
+    lora_layers: String,
+    /// Evaluate the held-out NLL every this many rounds (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_every: u64,
+    /// Stop after the round that crosses this many seconds of training (0 = no limit).
+    #[arg(long, default_value_t = 0.0)]
+    time_budget_s: f64,
     /// LoRA rank.
     #[arg(long, default_value_t = 4)]
     lora_r: usize,
@@ -84,6 +105,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     std::fs::create_dir_all(&args.out)?;
     let lora = LoraConfig {
+        layers_to_transform: parse_layers(&args.lora_layers)?,
         task_type: Some("CAUSAL_LM".into()),
         base_model_name_or_path: Some("HuggingFaceTB/SmolLM2-135M-Instruct".into()),
         ..LoraConfig::new(
@@ -122,7 +144,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         before.loss
     );
     let config = SimConfig {
-        method: Method::Spry,
+        method: if args.method == "fedmezo" {
+            Method::FedMezo
+        } else {
+            Method::Spry
+        },
         clients_per_round: args.per_round,
         rounds: args.rounds,
         batch_size: args.batch_size,
@@ -132,18 +158,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         client: ClientConfig {
             k: args.k,
             local_epochs: 1,
-            optimizer: LocalOptimizer::adamw(args.lr),
+            optimizer: LocalOptimizer::named(&args.optimizer, args.lr)?,
             exact_optimizer: None,
             jvp_clip: None,
             head_grad: HeadGrad::Forward,
             dropout: false,
             zo_eps: 1e-3,
-            perturbation: Perturbation::All,
-            directions: DirectionScheme::Gaussian,
+            perturbation: args.perturbation,
+            directions: args.directions,
         },
         keep_client_state: false,
         seed: args.seed,
-        eval_every: args.rounds.max(1),
+        eval_every: if args.eval_every == 0 {
+            args.rounds.max(1)
+        } else {
+            args.eval_every
+        },
         drop_prob: 0.0,
         min_clients: 1,
         workers: 1,
@@ -151,12 +181,23 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         diagnostics: None,
     };
     let mut sim = Simulation::new(config, initial)?;
+    let metrics_path = args.out.join("metrics.csv");
+    let mut csv = format!(
+        "round,wall_s,train_loss,test_nll\n0,0,,{:.6}\n",
+        before.loss
+    );
     sim.run(&task, Some(&args.out.join("checkpoint.json")), |m| {
+        let nll = m.test.map_or(String::new(), |t| format!("{:.6}", t.loss));
         eprintln!(
-            "round {} train loss {:.4} ({:.0} s)",
+            "round {} train loss {:.4} held-out NLL {nll} ({:.0} s)",
             m.round, m.train_loss, m.wall_s
         );
-        true
+        csv.push_str(&format!(
+            "{},{:.3},{:.6},{nll}\n",
+            m.round, m.wall_s, m.train_loss
+        ));
+        let _ = std::fs::write(&metrics_path, &csv);
+        args.time_budget_s <= 0.0 || m.wall_s < args.time_budget_s
     })?;
     let after = sim
         .history
@@ -168,7 +209,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .fold((0u64, 0u64), |(u, d), m| (u + m.bytes.up, d + m.bytes.down));
     let summary = serde_json::json!({
-        "method": "spry",
+        "method": args.method,
         "rounds": sim.round,
         "nll_before": before.loss,
         "nll_after": after.loss,

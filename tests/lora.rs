@@ -468,3 +468,14 @@ fn lora_targets_follow_names_and_layers() {
     let plain = serde_json::to_string(&LoraConfig::default()).unwrap();
     assert!(!plain.contains("layers_to_transform"));
 }
+
+#[test]
+fn layer_lists_parse_as_a_command_line_spells_them() {
+    use spry::modules::parse_layers;
+    assert_eq!(parse_layers("all").unwrap(), None);
+    assert_eq!(parse_layers("4,5").unwrap(), Some(vec![4, 5]));
+    assert_eq!(parse_layers(" 3, 4 ").unwrap(), Some(vec![3, 4]));
+    for bad in ["", "4,", "x", "-1", "4;5"] {
+        assert!(parse_layers(bad).is_err(), "{bad:?}");
+    }
+}

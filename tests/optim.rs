@@ -365,3 +365,20 @@ fn f32_parameters_follow_the_f64_arithmetic() {
         }
     }
 }
+
+#[test]
+fn optimizers_by_name() {
+    use spry::federated::LocalOptimizer;
+    assert_eq!(
+        LocalOptimizer::named("sgd", 0.5).unwrap(),
+        LocalOptimizer::sgd(0.5)
+    );
+    assert_eq!(
+        LocalOptimizer::named("adamw", 1e-3).unwrap(),
+        LocalOptimizer::adamw(1e-3)
+    );
+    assert!(LocalOptimizer::named("adam", 1e-3).is_err());
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        assert!(LocalOptimizer::named("sgd", bad).is_err());
+    }
+}

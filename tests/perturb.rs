@@ -341,3 +341,26 @@ fn guided_directions_lead_along_b_and_stay_unbiased() {
         }
     }
 }
+
+#[test]
+fn schemes_and_rules_parse_from_their_command_line_names() {
+    use spry::federated::{DirectionScheme, Perturbation};
+    assert_eq!(
+        "gaussian".parse::<DirectionScheme>().unwrap(),
+        DirectionScheme::Gaussian
+    );
+    assert_eq!(
+        "guided".parse::<DirectionScheme>().unwrap(),
+        DirectionScheme::GuidedByLoraB
+    );
+    assert_eq!("all".parse::<Perturbation>().unwrap(), Perturbation::All);
+    assert_eq!(
+        "b-only".parse::<Perturbation>().unwrap(),
+        Perturbation::LoraBOnly
+    );
+    assert_eq!(
+        "b-first".parse::<Perturbation>().unwrap(),
+        Perturbation::BFirst
+    );
+    assert!("Guided".parse::<DirectionScheme>().is_err() && "b".parse::<Perturbation>().is_err());
+}

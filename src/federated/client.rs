@@ -113,6 +113,23 @@ pub enum Perturbation {
     BFirst,
 }
 
+impl std::str::FromStr for Perturbation {
+    type Err = crate::Error;
+
+    /// `all`, `b-only` or `b-first` (command-line spelling).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "all" => Ok(Perturbation::All),
+            "b-only" => Ok(Perturbation::LoraBOnly),
+            "b-first" => Ok(Perturbation::BFirst),
+            _ => Err(crate::Error::invalid(
+                "Perturbation",
+                format!("{s:?}: expected all, b-only or b-first"),
+            )),
+        }
+    }
+}
+
 impl Perturbation {
     /// The tensors of `candidates` that carry directions under this rule, given the current
     /// values of `params` (registry names tell `lora_A` from `lora_B`).

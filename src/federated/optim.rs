@@ -48,6 +48,38 @@ impl LocalOptimizer {
             weight_decay: 0.01,
         }
     }
+
+    /// Plain SGD at `lr` (no momentum, no weight decay).
+    pub fn sgd(lr: f64) -> Self {
+        LocalOptimizer::Sgd {
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// The optimizer a command line names: `sgd` ([`LocalOptimizer::sgd`]) or `adamw`
+    /// ([`LocalOptimizer::adamw`]), at `lr`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for another name or a learning rate that is negative or not
+    /// finite.
+    pub fn named(name: &str, lr: f64) -> Result<Self> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::invalid(
+                "LocalOptimizer::named",
+                format!("learning rate {lr}"),
+            ));
+        }
+        match name {
+            "sgd" => Ok(Self::sgd(lr)),
+            "adamw" => Ok(Self::adamw(lr)),
+            _ => Err(Error::invalid(
+                "LocalOptimizer::named",
+                format!("{name:?}: expected sgd or adamw"),
+            )),
+        }
+    }
 }
 
 /// Per-parameter optimizer state (moments), created lazily for the parameters that get updates.

@@ -59,6 +59,22 @@ pub enum DirectionScheme {
     GuidedByLoraB,
 }
 
+impl std::str::FromStr for DirectionScheme {
+    type Err = crate::Error;
+
+    /// `gaussian` or `guided` (command-line spelling).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "gaussian" => Ok(DirectionScheme::Gaussian),
+            "guided" => Ok(DirectionScheme::GuidedByLoraB),
+            _ => Err(crate::Error::invalid(
+                "DirectionScheme",
+                format!("{s:?}: expected gaussian or guided"),
+            )),
+        }
+    }
+}
+
 /// K directions on each parameter in `params` (the client's assigned tensors), symbolic zeros
 /// elsewhere: [`directions_with`] and [`DirectionScheme::Gaussian`].
 ///

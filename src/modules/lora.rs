@@ -165,3 +165,27 @@ impl LoraConfig {
         (a.into_dyn(), b)
     }
 }
+
+/// Parses a `layers_to_transform` list as a command line spells it: `all` (every layer: `None`)
+/// or comma-separated layer indices such as `4,5`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an empty list or an entry that is not a layer index.
+pub fn parse_layers(spec: &str) -> Result<Option<Vec<usize>>> {
+    const OP: &str = "parse_layers";
+    if spec.trim() == "all" {
+        return Ok(None);
+    }
+    let layers = spec
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|e| Error::invalid(OP, format!("{s:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if layers.is_empty() {
+        return Err(Error::invalid(OP, "no layer"));
+    }
+    Ok(Some(layers))
+}

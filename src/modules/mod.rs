@@ -7,6 +7,6 @@ pub mod peft;
 pub mod trainable;
 
 pub use linear::{AdapterSlot, DropoutKey, FrozenLinear};
-pub use lora::LoraConfig;
+pub use lora::{LoraConfig, parse_layers};
 pub use peft::{load_peft_adapter, load_peft_adapter_for, read_peft_config, save_peft_adapter};
 pub use trainable::{Directions, Trainable, Unit};
