@@ -141,11 +141,11 @@ struct Args {
     /// loss below 1e-3 nats.
     #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
     optimizer: String,
-    /// Which tensors of an assigned LoRA unit are perturbed: all, B only (A frozen at its random
-    /// init), or A only once B is non-zero.
+    /// Which tensors of an assigned LoRA unit are perturbed: `all`, `b-only` (A frozen at its
+    /// random init: while B = 0 a direction on A is pure noise) or `b-first` (A once B ≠ 0).
     #[arg(long, default_value = "b-only")]
     perturbation: Perturbation,
-    /// How directions are drawn: independent Gaussians, or guided (one of the K directions
+    /// How directions are drawn: `gaussian` (independent), or `guided` (one of the K directions
     /// along each LoRA B's current value, the rest orthogonal to it; still unbiased).
     #[arg(long, default_value = "gaussian")]
     directions: DirectionScheme,
