@@ -403,11 +403,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?);
     bar.set_position(sim.round);
     let budget = args.time_budget_s;
-    let mut csv = String::from(
-        "round,wall_s,train_loss,test_loss,test_accuracy,bytes_up,bytes_down,skipped_steps,rejected,\
-         probe_unit,grad_norm,estimator_cosine,update_cosine,adapter_norm,adapter_update,head_update,\
-         adapter_loss_change,adapter_logit_rms,diag_s\n",
-    );
+    let mut csv = csv_header().to_string();
     for m in &sim.history {
         csv.push_str(&csv_row(m));
     }
@@ -433,6 +429,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(m) = sim.history.last_mut() {
                 m.test = Some(t);
             }
+            // the last row of metrics.csv now has its evaluation too
+            let rows: String = sim.history.iter().map(csv_row).collect();
+            std::fs::write(&metrics_path, format!("{}{rows}", csv_header()))?;
             t
         }
     };
@@ -479,6 +478,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
+}
+
+fn csv_header() -> &'static str {
+    "round,wall_s,train_loss,test_loss,test_accuracy,bytes_up,bytes_down,skipped_steps,rejected,\
+     probe_unit,grad_norm,estimator_cosine,update_cosine,adapter_norm,adapter_update,head_update,\
+     adapter_loss_change,adapter_logit_rms,diag_s\n"
 }
 
 fn csv_row(m: &RoundMetrics) -> String {
