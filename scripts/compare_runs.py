@@ -6,7 +6,9 @@
 Each run folder needs `summary.json` (written at the end of a run). A run's group is its folder
 name without a trailing `-s<seed>`.
 """
+import csv
 import json
+import math
 import re
 import statistics
 import sys
@@ -30,6 +32,36 @@ def main(dirs):
         finals = [a for a, _ in v]
         print(f"| {name} | {len(v)} | {statistics.mean(finals):.2f} ({min(finals):.2f}–"
               f"{max(finals):.2f}) | {statistics.mean(b for _, b in v):.2f} |")
+    diagnostics(dirs)
+
+
+def diagnostics(dirs):
+    """The per-round diagnostics of metrics.csv, summarised per run (runs without them skipped)."""
+    rows = []
+    for d in map(Path, dirs):
+        with open(d / "metrics.csv") as f:
+            m = list(csv.DictReader(f))
+        probed = [r for r in m if r.get("probe_unit")]
+        if not probed or not m[-1].get("adapter_norm"):
+            continue
+        mean = lambda key: statistics.mean(float(r[key]) for r in probed)
+        moved = [r for r in m if float(r["adapter_update"] or 0) > 0]
+        if not moved:
+            continue
+        rows.append((d.name, len(probed), mean("grad_norm"), mean("estimator_cosine"),
+                     mean("update_cosine"), float(m[-1]["adapter_norm"]),
+                     float(m[-1]["adapter_loss_change"]), float(m[-1]["adapter_logit_rms"] or "nan")))
+    if not rows:
+        return
+    print()
+    print("| run | probed rounds | mean ‖∇L‖ of the probed unit | mean estimator cosine | "
+          "mean update cosine | ‖adapters‖ at the end | adapters' effect on the probe loss | "
+          "logit RMS change |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        logit = "–" if math.isnan(r[7]) else f"{r[7]:.3f}"
+        print(f"| {r[0]} | {r[1]} | {r[2]:.3g} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.3f} | "
+              f"{r[6]:+.4f} | {logit} |")
 
 
 if __name__ == "__main__":
