@@ -11,6 +11,8 @@
 //! - [`Probe`]: what the simulation records per round on a fixed probe batch (see
 //!   [`RoundDiagnostics`]).
 
+use std::time::Instant;
+
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +22,6 @@ use super::perturb::{StepKey, directions_with};
 use super::sim::{FederatedTask, Simulation};
 use crate::modules::{Directions, Trainable};
 use crate::{Error, Float, Result};
-use std::time::Instant;
 
 /// The exact gradient of the parameters `of` on `batch`, by forward mode: every scalar of those
 /// parameters is a basis direction, and `stack` of them share one dual pass.
