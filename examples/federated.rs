@@ -454,6 +454,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let rounds_done = sim.round.max(1);
     let summary = serde_json::json!({
         "method": format!("{:?}", args.method).to_lowercase(),
+        "eval_split": format!("{:?}", args.eval).to_lowercase(),
         "rounds": sim.round,
         "final_test_accuracy": final_eval.accuracy,
         "final_test_loss": final_eval.loss,

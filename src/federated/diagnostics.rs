@@ -353,16 +353,9 @@ impl<F: Float> Probe<F> {
         };
         let batch = task.probe_batch(self.cfg.probe_size)?;
         let bare = zeroed(after, &adapters)?;
-        let none = Directions::none(after.len());
-        let with = task
-            .loss_jvp(&batch, after, &none, None, &[])?
-            .loss
-            .as_f64();
-        let without = task
-            .loss_jvp(&batch, &bare, &none, None, &[])?
-            .loss
-            .as_f64();
-        let adapter_logit_rms = match (task.outputs(&batch, after)?, task.outputs(&batch, &bare)?) {
+        let (with, out_with) = task.loss_and_outputs(&batch, after)?;
+        let (without, out_without) = task.loss_and_outputs(&batch, &bare)?;
+        let adapter_logit_rms = match (out_with, out_without) {
             (Some(a), Some(b)) if !a.is_empty() && a.len() == b.len() => Some(
                 (a.iter()
                     .zip(&b)

@@ -81,13 +81,19 @@ pub trait FederatedTask<F: Float>: Objective<F> {
             .ok_or_else(|| Error::invalid("FederatedTask::probe_batch", "client 0 has no data"))
     }
 
-    /// The model's outputs on `batch` (for a classifier: the logits, flat), for diagnostics;
-    /// `None` where the task has no small output to compare.
+    /// The mean loss on `batch` and, where the task has a small output to compare (a
+    /// classifier's logits, flat), that output: one plain forward pass, for diagnostics.
     ///
     /// # Errors
     /// Model errors.
-    fn outputs(&self, _batch: &Self::Batch, _params: &Trainable<F>) -> Result<Option<Vec<f64>>> {
-        Ok(None)
+    fn loss_and_outputs(
+        &self,
+        batch: &Self::Batch,
+        params: &Trainable<F>,
+    ) -> Result<(f64, Option<Vec<f64>>)> {
+        let none = Directions::none(params.len());
+        let out = self.loss_jvp(batch, params, &none, None, &[])?;
+        Ok((out.loss.as_f64(), None))
     }
 }
 

@@ -168,12 +168,17 @@ impl FederatedTask<f32> for ClassificationTask<'_> {
         self.eval_on(&self.test, &idx, params)
     }
 
-    fn outputs(&self, batch: &LabelledBatch, params: &Trainable<f32>) -> Result<Option<Vec<f64>>> {
+    fn loss_and_outputs(
+        &self,
+        batch: &LabelledBatch,
+        params: &Trainable<f32>,
+    ) -> Result<(f64, Option<Vec<f64>>)> {
         let none = Directions::none(params.len());
         let out = self
             .model
-            .forward(&batch.input, None, params, &none, None)?;
-        Ok(Some(out.logits.iter().map(|&v| v as f64).collect()))
+            .forward(&batch.input, Some(&batch.labels), params, &none, None)?;
+        let loss = out.loss.expect("labels given").loss as f64;
+        Ok((loss, Some(out.logits.iter().map(|&v| v as f64).collect())))
     }
 
     fn evaluate_client(&self, client: usize, params: &Trainable<f32>) -> Result<Evaluation> {
