@@ -244,7 +244,7 @@ fn client_step(cfg_k: usize) -> ClientConfig {
         k: cfg_k,
         local_epochs: 1,
         optimizer: LocalOptimizer::adamw(1e-4),
-        exact_optimizer: None,
+        head_optimizer: None,
         jvp_clip: None,
         head_grad: HeadGrad::Forward,
         dropout: false,

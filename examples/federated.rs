@@ -165,17 +165,19 @@ struct Args {
     /// passes of 64 basis directions per 64 scalars of the probed unit).
     #[arg(long, default_value_t = 5)]
     diag_gradient_every: u64,
-    /// Optimizer of the tensors trained on their exact gradient (the head with `--head-grad
-    /// exact`): plain SGD follows the gradient's magnitude and settles, where AdamW, restarted
+    /// Optimizer of the classification head, however its gradient is obtained: plain SGD follows the gradient's magnitude and settles, where AdamW, restarted
     /// every round, takes sign-like steps of `--head-lr` and keeps oscillating.
     #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
     head_optimizer: String,
-    /// Learning rate of `--head-optimizer`. The mean-pooled MiniLM features are small (mean
-    /// |x| ≈ 0.15, top eigenvalue of E[xxᵀ] ≈ 3.3), so the head's cross-entropy is flat and SGD
-    /// takes a large rate; much above 2 the local steps overshoot (local losses of several
-    /// nats) and the round's average becomes erratic.
-    #[arg(long, default_value_t = 2.0)]
-    head_lr: f64,
+    /// Learning rate of `--head-optimizer` (default: 2 on the exact head gradient,
+    /// `HEAD_LR_NOISY` on a forward-gradient or zero-order estimate). The mean-pooled MiniLM features are small
+    /// (mean |x| ≈ 0.15, top eigenvalue of E[xxᵀ] ≈ 3.3), so the head's cross-entropy is flat
+    /// and SGD takes a large rate on the exact gradient; much above 2 the local steps overshoot
+    /// (local losses of several nats) and the round's average becomes erratic. An estimate
+    /// carries noise of about √(d/K) times the gradient's norm along every direction it
+    /// samples, and at 1 the head's local losses reach several nats in the first round.
+    #[arg(long)]
+    head_lr: Option<f64>,
     /// Gradient of the classification head: exact (free, from the primal pass) or forward.
     #[arg(long, value_enum, default_value = "exact")]
     head_grad: HeadGradArg,
@@ -351,7 +353,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             k: args.k,
             local_epochs: args.local_epochs,
             optimizer: LocalOptimizer::named(&args.optimizer, args.lr)?,
-            exact_optimizer: Some(LocalOptimizer::named(&args.head_optimizer, args.head_lr)?),
+            head_optimizer: Some(LocalOptimizer::named(&args.head_optimizer, head_lr(&args))?),
             jvp_clip: None,
             head_grad: match args.head_grad {
                 HeadGradArg::Exact => HeadGrad::Exact,
@@ -479,6 +481,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
+}
+
+/// The head's learning rate on a noisy estimate (forward gradient or SPSA), chosen on the
+/// validation split (`docs/FORWARD_GRADIENTS.md`).
+const HEAD_LR_NOISY: f64 = 0.03;
+
+/// `--head-lr`, or its default for how the head is trained.
+fn head_lr(args: &Args) -> f64 {
+    let exact =
+        !matches!(args.method, MethodArg::Fedmezo) && matches!(args.head_grad, HeadGradArg::Exact);
+    args.head_lr
+        .unwrap_or(if exact { 2.0 } else { HEAD_LR_NOISY })
 }
 
 fn csv_header() -> &'static str {

@@ -39,9 +39,13 @@ struct Args {
     /// Training sequences used (from the start of the play; 0 = all).
     #[arg(long, default_value_t = 320)]
     train_seqs: usize,
-    /// Held-out sequences for the NLL (from the end of the play).
+    /// Held-out sequences for the NLL: the test block is the end of the play, the validation
+    /// block the sequences just before it; neither is ever trained on.
     #[arg(long, default_value_t = 24)]
     eval_seqs: usize,
+    /// Which held-out block the NLL is measured on: `val` for choosing settings, `test` to report.
+    #[arg(long, default_value = "test", value_parser = ["val", "test"])]
+    eval: String,
     /// Tangent directions per step.
     #[arg(long, default_value_t = 4)]
     k: usize,
@@ -120,8 +124,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let tokens = tokenizer.encode(&text, false)?.ids;
     let seqs = lm_sequences(&tokens, args.seq_len);
     let n_eval = args.eval_seqs.min(seqs.len() / 10).max(1);
-    let test: Vec<Vec<u32>> = seqs[seqs.len() - n_eval..].to_vec();
-    let mut train: Vec<Vec<u32>> = seqs[..seqs.len() - n_eval].to_vec();
+    if seqs.len() < 3 * n_eval {
+        return Err(format!(
+            "only {} sequences of {}: too short to hold out validation and test",
+            seqs.len(),
+            args.seq_len
+        )
+        .into());
+    }
+    // [ train ... | validation (n_eval) | test (n_eval) ]
+    let (train_end, val_end) = (seqs.len() - 2 * n_eval, seqs.len() - n_eval);
+    let test: Vec<Vec<u32>> = if args.eval == "val" {
+        seqs[train_end..val_end].to_vec()
+    } else {
+        seqs[val_end..].to_vec()
+    };
+    let mut train: Vec<Vec<u32>> = seqs[..train_end].to_vec();
     if args.train_seqs > 0 {
         train.truncate(args.train_seqs);
     }
@@ -135,10 +153,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let before = task.nll(&task.test, &initial, 4)?;
     eprintln!(
-        "{} tokens of Hamlet, {} training / {} held-out sequences of {}; {} LoRA units; held-out NLL before {:.4}",
+        "{} tokens of Hamlet, {} training / {} {} sequences of {}; {} LoRA units; held-out NLL before {:.4}",
         tokens.len(),
         task.train.len(),
         task.test.len(),
+        args.eval,
         args.seq_len,
         initial.units().len(),
         before.loss
@@ -159,7 +178,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             k: args.k,
             local_epochs: 1,
             optimizer: LocalOptimizer::named(&args.optimizer, args.lr)?,
-            exact_optimizer: None,
+            head_optimizer: None,
             jvp_clip: None,
             head_grad: HeadGrad::Forward,
             dropout: false,
@@ -209,7 +228,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .fold((0u64, 0u64), |(u, d), m| (u + m.bytes.up, d + m.bytes.down));
     let summary = serde_json::json!({
+        "args": format!("{args:?}"),
         "method": args.method,
+        "eval_split": args.eval,
         "rounds": sim.round,
         "nll_before": before.loss,
         "nll_after": after.loss,

@@ -29,7 +29,7 @@ fn cfg(k: usize, epochs: usize, optimizer: LocalOptimizer) -> ClientConfig {
         k,
         local_epochs: epochs,
         optimizer,
-        exact_optimizer: None,
+        head_optimizer: None,
         jvp_clip: None,
         head_grad: HeadGrad::Forward,
         dropout: false,
@@ -519,15 +519,15 @@ fn head_grad_exact_uses_the_objectives_gradient() {
 }
 
 #[test]
-fn exact_optimizer_steps_the_exact_tensors_only() {
-    // The head (exact gradient) takes the exact optimizer's step, the hidden layer (forward
+fn head_optimizer_steps_the_exact_head_only() {
+    // The head (exact gradient) takes the head optimizer's step, the hidden layer (forward
     // gradient) the base optimizer's: exactly the two single-group runs, spliced.
     let batches = vec![random_batch(60, 8)];
     let (k, lr, head_lr) = (2, 0.05, 0.3);
     let theta0 = flatten(&init_params(61));
     let c = ClientConfig {
         head_grad: HeadGrad::Exact,
-        exact_optimizer: Some(sgd(head_lr)),
+        head_optimizer: Some(sgd(head_lr)),
         ..cfg(k, 1, sgd(lr))
     };
     let mut p = init_params(61);
@@ -563,6 +563,48 @@ fn exact_optimizer_steps_the_exact_tensors_only() {
             &expect[off[q].clone()],
             1e-8,
             &format!("hidden p{q}"),
+        );
+    }
+}
+
+#[test]
+fn head_optimizer_steps_a_forward_gradient_head_too() {
+    // With the head on forward gradients, one step moves every tensor along the same estimate:
+    // the head by head_lr, the hidden layer by lr (the two single-group runs, spliced).
+    let batches = vec![random_batch(63, 8)];
+    let (k, lr, head_lr) = (2, 0.05, 0.01);
+    let theta0 = flatten(&init_params(64));
+    let c = ClientConfig {
+        head_optimizer: Some(sgd(head_lr)),
+        ..cfg(k, 1, sgd(lr))
+    };
+    let mut p = init_params(64);
+    let mut st = OptimizerState::new(p.len());
+    let all = [0, 1, 2, 3];
+    train_local(
+        &TinyNet::default(),
+        &mut p,
+        &all,
+        &batches,
+        &c,
+        &mut st,
+        key(65),
+    )
+    .unwrap();
+    let after = flatten(&p);
+    let off = offsets();
+    for (q, rate) in [(0usize, lr), (1, lr), (2, head_lr), (3, head_lr)] {
+        let manual = Manual {
+            epochs: 1,
+            k,
+            lr: rate,
+        };
+        let (expect, _) = manual_sgd(&theta0, &batches, manual, &all, key(65), &[]);
+        assert_close(
+            &after[off[q].clone()],
+            &expect[off[q].clone()],
+            1e-8,
+            &format!("p{q} at {rate}"),
         );
     }
 }

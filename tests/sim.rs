@@ -87,7 +87,7 @@ fn config(method: Method, comm: CommMode) -> SimConfig {
             k: 4,
             local_epochs: 1,
             optimizer: LocalOptimizer::adamw(0.05),
-            exact_optimizer: None,
+            head_optimizer: None,
             jvp_clip: None,
             head_grad: HeadGrad::Forward,
             dropout: false,
@@ -223,7 +223,7 @@ fn per_iteration_with_one_client_equals_per_epoch() {
         cfg.clients_per_round = 1;
         cfg.rounds = 3;
         cfg.client.head_grad = head_grad;
-        cfg.client.exact_optimizer = Some(LocalOptimizer::Sgd {
+        cfg.client.head_optimizer = Some(LocalOptimizer::Sgd {
             lr: 0.5,
             momentum: 0.0,
             weight_decay: 0.0,

@@ -73,12 +73,14 @@ pub struct ClientConfig {
     pub local_epochs: usize,
     /// The local optimizer.
     pub optimizer: LocalOptimizer,
-    /// The optimizer of the tensors trained on their exact gradient (see [`HeadGrad::Exact`]);
-    /// `None`: the same as `optimizer`. Exact gradients carry no estimator noise, so they
-    /// tolerate a much larger step than forward-gradient estimates (whose AdamW-normalised
-    /// noise moves every coordinate by about `lr` per step whatever the signal).
-    #[serde(default)]
-    pub exact_optimizer: Option<LocalOptimizer>,
+    /// The optimizer of the task's head (the tensors its objective can differentiate exactly,
+    /// `Objective::exact_params`), whichever way their gradient is obtained; `None`: the same
+    /// as `optimizer`. An exact head gradient carries no estimator noise and tolerates a much
+    /// larger step than the adapters' forward-gradient estimates; a forward-gradient head
+    /// (`HeadGrad::Forward`) on the other hand sits right under the loss, where one noisy step
+    /// moves the logits directly, and needs a much smaller one than the adapters' LoRA B.
+    #[serde(default, alias = "exact_optimizer")]
+    pub head_optimizer: Option<LocalOptimizer>,
     /// JVP clipping.
     pub jvp_clip: Option<f64>,
     /// Exact or forward gradient for the head.
@@ -157,10 +159,9 @@ impl Perturbation {
 }
 
 impl ClientConfig {
-    /// The optimizer of the tensors trained on their exact gradient: `exact_optimizer`, or
-    /// `optimizer` when unset.
-    pub fn optimizer_of_exact(&self) -> &LocalOptimizer {
-        self.exact_optimizer.as_ref().unwrap_or(&self.optimizer)
+    /// The optimizer of the head's tensors: `head_optimizer`, or `optimizer` when unset.
+    pub fn optimizer_of_head(&self) -> &LocalOptimizer {
+        self.head_optimizer.as_ref().unwrap_or(&self.optimizer)
     }
 }
 
@@ -229,7 +230,8 @@ pub fn train_local<F: Float, O: Objective<F>>(
     state: &mut OptimizerState,
     key: StepKey,
 ) -> Result<LocalReport> {
-    let (exact_for, candidates) = split_exact(assigned, &objective.exact_params(), cfg.head_grad);
+    let head = objective.exact_params();
+    let (exact_for, candidates) = split_exact(assigned, &head, cfg.head_grad);
     let est_cfg = EstimatorConfig {
         jvp_clip: cfg.jvp_clip,
     };
@@ -282,11 +284,11 @@ pub fn train_local<F: Float, O: Objective<F>>(
             for (p, g) in exact {
                 grads[p] = Some(g);
             }
-            let exact_opt = cfg.optimizer_of_exact();
+            let head_opt = cfg.optimizer_of_head();
             state.step_with(
                 |p| {
-                    if exact_for.contains(&p) {
-                        exact_opt
+                    if head.contains(&p) {
+                        head_opt
                     } else {
                         &cfg.optimizer
                     }

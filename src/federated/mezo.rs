@@ -26,8 +26,10 @@ pub fn spsa_direction<F: Float>(key: StepKey, param: usize, shape: &[usize]) -> 
     z
 }
 
-/// Trains `params` in place with SPSA estimates over `assigned`, `cfg.zo_eps` being the
-/// perturbation scale. Returns the same report as [`train_local`](super::client::train_local).
+/// Trains `params` in place with SPSA estimates over the tensors of `assigned` that
+/// `cfg.perturbation` keeps (the same rule as Spry's, so that a B-only comparison is like for
+/// like), `cfg.zo_eps` being the perturbation scale; the head's tensors step with
+/// `cfg.head_optimizer` as in Spry. Returns the same report as [`train_local`](super::client::train_local).
 ///
 /// # Errors
 /// Objective errors.
@@ -41,6 +43,7 @@ pub fn train_local_mezo<F: Float, O: Objective<F>>(
     key: StepKey,
 ) -> Result<LocalReport> {
     let eps = cfg.zo_eps;
+    let head = objective.exact_params();
     let none = Directions::none(params.len());
     let (mut steps, mut skipped, mut loss_sum) = (0usize, 0usize, 0.0f64);
     let mut step = key.step;
@@ -53,9 +56,11 @@ pub fn train_local_mezo<F: Float, O: Objective<F>>(
         for batch in batches {
             let step_key = StepKey { step, ..key };
             step += 1;
-            let zs: Vec<(usize, ArrayD<F>)> = assigned
-                .iter()
-                .map(|&p| (p, spsa_direction::<F>(step_key, p, params.value(p).shape())))
+            let zs: Vec<(usize, ArrayD<F>)> = cfg
+                .perturbation
+                .filter(params, assigned)
+                .into_iter()
+                .map(|p| (p, spsa_direction::<F>(step_key, p, params.value(p).shape())))
                 .collect();
             shift(params, &zs, eps);
             let plus = objective.loss_jvp(batch, params, &none, None, &[])?.loss;
@@ -71,7 +76,18 @@ pub fn train_local_mezo<F: Float, O: Objective<F>>(
             for (p, z) in zs {
                 grads[p] = Some(z.mapv(|v| v * F::from_f64(projected)));
             }
-            state.step(&cfg.optimizer, params, &grads)?;
+            let head_opt = cfg.optimizer_of_head();
+            state.step_with(
+                |p| {
+                    if head.contains(&p) {
+                        head_opt
+                    } else {
+                        &cfg.optimizer
+                    }
+                },
+                params,
+                &grads,
+            )?;
             steps += 1;
             loss_sum += 0.5 * (plus.as_f64() + minus.as_f64());
         }

@@ -745,11 +745,11 @@ impl<F: Float> Simulation<F> {
             if n_t > 0 && cfg.client.head_grad == HeadGrad::Exact {
                 bytes.down += active.len() as u64 * comm::upload_gradients(n_s, n_t);
             }
-            let exact_opt = cfg.client.optimizer_of_exact();
+            let head_opt = cfg.client.optimizer_of_head();
             state.step_with(
                 |p| {
-                    if cfg.client.head_grad == HeadGrad::Exact && exact_available.contains(&p) {
-                        exact_opt
+                    if exact_available.contains(&p) {
+                        head_opt
                     } else {
                         &cfg.client.optimizer
                     }
