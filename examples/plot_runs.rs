@@ -1,8 +1,10 @@
-//! Test accuracy against training wall time for several runs of the `federated` example, in one
-//! SVG (one line per run, labelled by its folder name).
+//! A held-out metric against training wall time for several runs, in one SVG (one line per run,
+//! labelled by its folder name): test accuracy of `federated` runs, or the held-out NLL of
+//! `finetune_lm` runs.
 //!
 //! ```text
 //! cargo run --release --example plot_runs -- --out docs/accuracy_vs_time.svg runs/spry runs/head-only runs/fedmezo
+//! cargo run --release --example plot_runs -- --metric test_nll --out nll.svg runs/lm-spry runs/lm-mezo
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -10,15 +12,18 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use plotters::prelude::*;
 
-/// Plots `metrics.csv` of each run folder: test accuracy (%) against `wall_s`.
+/// Plots a column of `metrics.csv` of each run folder against `wall_s`.
 #[derive(Parser, Debug)]
 struct Args {
     /// Output SVG.
     #[arg(long, default_value = "accuracy_vs_time.svg")]
     out: PathBuf,
-    /// Plot title.
-    #[arg(long, default_value = "test accuracy against training time")]
-    title: String,
+    /// Plot title (default: the metric against training time).
+    #[arg(long)]
+    title: Option<String>,
+    /// The `metrics.csv` column plotted: `test_accuracy` (shown in %) or `test_nll`.
+    #[arg(long, default_value = "test_accuracy", value_parser = ["test_accuracy", "test_nll"])]
+    metric: String,
     /// Run folders (each with a `metrics.csv`).
     #[arg(required = true)]
     runs: Vec<PathBuf>,
@@ -31,8 +36,8 @@ fn main() {
     }
 }
 
-/// `(wall_s, accuracy %)` of every evaluated round of a run.
-fn points(dir: &Path) -> Result<Vec<(f64, f64)>, Box<dyn std::error::Error>> {
+/// `(wall_s, value)` of every evaluated round of a run (an accuracy in %).
+fn points(dir: &Path, metric: &str) -> Result<Vec<(f64, f64)>, Box<dyn std::error::Error>> {
     let path = dir.join("metrics.csv");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut lines = text.lines();
@@ -43,7 +48,12 @@ fn points(dir: &Path) -> Result<Vec<(f64, f64)>, Box<dyn std::error::Error>> {
             .position(|h| *h == name)
             .ok_or_else(|| format!("{}: no column {name}", path.display()))
     };
-    let (wall, acc) = (col("wall_s")?, col("test_accuracy")?);
+    let (wall, acc) = (col("wall_s")?, col(metric)?);
+    let scale = if metric == "test_accuracy" {
+        100.0
+    } else {
+        1.0
+    };
     let mut pts = Vec::new();
     for (i, line) in lines.enumerate() {
         let f: Vec<&str> = line.split(',').collect();
@@ -53,7 +63,7 @@ fn points(dir: &Path) -> Result<Vec<(f64, f64)>, Box<dyn std::error::Error>> {
         if a.is_empty() {
             continue;
         }
-        pts.push((w.parse::<f64>()?, 100.0 * a.parse::<f64>()?));
+        pts.push((w.parse::<f64>()?, scale * a.parse::<f64>()?));
     }
     Ok(pts)
 }
@@ -66,18 +76,35 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let name = d
                 .file_name()
                 .map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into());
-            points(d).map(|p| (name, p))
+            points(d, &args.metric).map(|p| (name, p))
         })
         .collect::<Result<_, _>>()?;
     let all = series.iter().flat_map(|(_, p)| p.iter());
-    let (t_max, lo, hi) = all.fold((1.0f64, 100.0f64, 0.0f64), |(t, l, h), &(w, a)| {
-        (t.max(w), l.min(a), h.max(a))
-    });
-    let (lo, hi) = ((lo - 2.0).floor(), (hi + 2.0).ceil());
+    let (t_max, lo, hi) = all.fold(
+        (1.0f64, f64::INFINITY, f64::NEG_INFINITY),
+        |(t, l, h), &(w, a)| (t.max(w), l.min(a), h.max(a)),
+    );
+    if !lo.is_finite() {
+        return Err("no evaluated round in any run".into());
+    }
+    let pad = 0.08 * (hi - lo).max(0.05);
+    let (lo, hi) = (lo - pad, hi + pad);
+    let (y_desc, legend_at) = if args.metric == "test_accuracy" {
+        ("test accuracy (%)", SeriesLabelPosition::LowerRight)
+    } else {
+        (
+            "held-out NLL (nats per token)",
+            SeriesLabelPosition::UpperRight,
+        )
+    };
+    let title = args
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("{y_desc} against training time"));
     let root = SVGBackend::new(&args.out, (800, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(&args.title, ("sans-serif", 20))
+        .caption(&title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -85,7 +112,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     chart
         .configure_mesh()
         .x_desc("training wall time (s)")
-        .y_desc("test accuracy (%)")
+        .y_desc(y_desc)
         .draw()?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -99,7 +126,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(legend_at)
         .draw()?;
     root.present()?;
     eprintln!("wrote {}", args.out.display());

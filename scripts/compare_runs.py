@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Markdown table of `federated` example runs grouped by method, with the mean and spread over seeds.
+"""Markdown table of `federated` example runs grouped by method, with the mean and spread over seeds
+(and of `finetune_lm` runs: held-out NLL before, after and at the best evaluated round).
 
     python3 scripts/compare_runs.py runs/issue11/spry-s0 runs/issue11/spry-s1 runs/issue11/head-only-s0 ...
 
@@ -16,6 +17,32 @@ from pathlib import Path
 
 
 def main(dirs):
+    lm = [d for d in dirs if "nll_before" in json.loads((Path(d) / "summary.json").read_text())]
+    if lm:
+        language_model(lm)
+    dirs = [d for d in dirs if d not in lm]
+    if dirs:
+        classification(dirs)
+
+
+def language_model(dirs):
+    """`finetune_lm` runs: the held-out NLL before, at the end and at its best evaluated round."""
+    print("| run | split | rounds | wall s | NLL before | NLL after | change | best NLL (round, s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for d in map(Path, dirs):
+        s = json.loads((d / "summary.json").read_text())
+        with open(d / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r["test_nll"]]
+        rows.append({"test_nll": s["nll_after"], "round": s["rounds"], "wall_s": s["wall_s"]})
+        best = min(rows, key=lambda r: float(r["test_nll"]))
+        print(f"| {d.name} | {s.get('eval_split', 'test')} | {s['rounds']} | {s['wall_s']:.0f} | "
+              f"{s['nll_before']:.4f} | {s['nll_after']:.4f} | "
+              f"{s['nll_after'] - s['nll_before']:+.4f} | {float(best['test_nll']):.4f} "
+              f"({best['round']}, {float(best['wall_s']):.0f}) |")
+    print()
+
+
+def classification(dirs):
     groups = {}
     print("| run | rounds | wall s | final test acc. | best test acc. | final test loss |")
     print("|---|---|---|---|---|---|")
