@@ -99,7 +99,8 @@ struct Args {
 /// Spry's SGD rate on the forward-gradient estimates of LoRA B, the best of 1, 3 and 10 on the
 /// validation block (10 diverged; `docs/FORWARD_GRADIENTS.md`).
 const SPRY_LR: f64 = 3.0;
-/// FedMeZO's SGD rate on its SPSA estimates, the best of 0.1, 0.3 and 1 on the validation block.
+/// FedMeZO's SGD rate on its SPSA estimates, the best of 0.1, 0.3, 1 and 3 on the validation
+/// block.
 const MEZO_LR: f64 = 1.0;
 
 fn main() {
