@@ -170,12 +170,13 @@ struct Args {
     #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
     head_optimizer: String,
     /// Learning rate of `--head-optimizer` (default: 2 on the exact head gradient,
-    /// `HEAD_LR_NOISY` on a forward-gradient or zero-order estimate). The mean-pooled MiniLM features are small
-    /// (mean |x| ≈ 0.15, top eigenvalue of E[xxᵀ] ≈ 3.3), so the head's cross-entropy is flat
-    /// and SGD takes a large rate on the exact gradient; much above 2 the local steps overshoot
-    /// (local losses of several nats) and the round's average becomes erratic. An estimate
-    /// carries noise of about √(d/K) times the gradient's norm along every direction it
-    /// samples, and at 1 the head's local losses reach several nats in the first round.
+    /// `HEAD_LR_FORWARD` on a forward-gradient estimate, `HEAD_LR_SPSA` under FedMeZO). The
+    /// mean-pooled MiniLM features are small (mean |x| ≈ 0.15, top eigenvalue of E[xxᵀ] ≈ 3.3),
+    /// so the head's cross-entropy is flat and SGD takes a large rate on the exact gradient;
+    /// much above 2 the local steps overshoot (local losses of several nats) and the round's
+    /// average becomes erratic. An estimate carries noise of about √(d/K) times the
+    /// gradient's norm along every direction it samples, and at 1 the head's local losses
+    /// reach several nats in the first round.
     #[arg(long)]
     head_lr: Option<f64>,
     /// Gradient of the classification head: exact (free, from the primal pass) or forward.
@@ -483,16 +484,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The head's learning rate on a noisy estimate (forward gradient or SPSA), chosen on the
-/// validation split (`docs/FORWARD_GRADIENTS.md`).
-const HEAD_LR_NOISY: f64 = 0.03;
+/// The head's learning rate on a forward-gradient estimate: the better of 0.03 and 0.1 on the
+/// validation split (`docs/FORWARD_GRADIENTS.md`; at 1 it blew up).
+const HEAD_LR_FORWARD: f64 = 0.1;
+/// The head's learning rate on FedMeZO's SPSA estimate: the better of 0.03 and 0.1 there.
+const HEAD_LR_SPSA: f64 = 0.03;
 
 /// `--head-lr`, or its default for how the head is trained.
 fn head_lr(args: &Args) -> f64 {
-    let exact =
-        !matches!(args.method, MethodArg::Fedmezo) && matches!(args.head_grad, HeadGradArg::Exact);
-    args.head_lr
-        .unwrap_or(if exact { 2.0 } else { HEAD_LR_NOISY })
+    let default = match (args.method, args.head_grad) {
+        (MethodArg::Fedmezo, _) => HEAD_LR_SPSA,
+        (_, HeadGradArg::Exact) => 2.0,
+        (_, HeadGradArg::Forward) => HEAD_LR_FORWARD,
+    };
+    args.head_lr.unwrap_or(default)
 }
 
 fn csv_header() -> &'static str {
