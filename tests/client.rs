@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ndarray::{Array1, ArrayD};
 use spry::federated::{
     ClientConfig, DirectionScheme, HeadGrad, LocalOptimizer, LossJvp, Objective, OptimizerState,
-    Perturbation, StepKey, direction, train_local,
+    Perturbation, StepKey, direction, train_local, train_local_mezo,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use tiny_model::*;
@@ -606,6 +606,40 @@ fn head_optimizer_steps_a_forward_gradient_head_too() {
             1e-8,
             &format!("p{q} at {rate}"),
         );
+    }
+}
+
+#[test]
+fn fedmezo_steps_the_head_with_the_head_optimizer() {
+    // One SPSA step moves every tensor along the same estimate: with a head optimizer the head
+    // moves as a run at the head's rate does, the hidden layer as a run at the base rate does.
+    let batches = vec![random_batch(66, 8)];
+    let (lr, head_lr) = (0.05, 0.01);
+    let all = [0, 1, 2, 3];
+    let run = |c: &ClientConfig| {
+        let mut p = init_params(67);
+        let mut st = OptimizerState::new(p.len());
+        train_local_mezo(
+            &TinyNet::default(),
+            &mut p,
+            &all,
+            &batches,
+            c,
+            &mut st,
+            key(68),
+        )
+        .unwrap();
+        flatten(&p)
+    };
+    let grouped = run(&ClientConfig {
+        head_optimizer: Some(sgd(head_lr)),
+        ..cfg(1, 1, sgd(lr))
+    });
+    let (base, head) = (run(&cfg(1, 1, sgd(lr))), run(&cfg(1, 1, sgd(head_lr))));
+    let off = offsets();
+    assert_ne!(base, flatten(&init_params(67)));
+    for (q, expect) in [(0usize, &base), (1, &base), (2, &head), (3, &head)] {
+        assert_eq!(&grouped[off[q].clone()], &expect[off[q].clone()], "p{q}");
     }
 }
 

@@ -163,6 +163,17 @@ impl ClientConfig {
     pub fn optimizer_of_head(&self) -> &LocalOptimizer {
         self.head_optimizer.as_ref().unwrap_or(&self.optimizer)
     }
+
+    /// The optimizer of parameter `p` given the task head's parameters `head` (the parameter
+    /// groups every local trainer and the per-iteration server replay use): the head's
+    /// optimizer for the head, `optimizer` for the rest.
+    pub fn optimizer_for(&self, p: usize, head: &[usize]) -> &LocalOptimizer {
+        if head.contains(&p) {
+            self.optimizer_of_head()
+        } else {
+            &self.optimizer
+        }
+    }
 }
 
 /// What a client reports after local training.
@@ -284,18 +295,7 @@ pub fn train_local<F: Float, O: Objective<F>>(
             for (p, g) in exact {
                 grads[p] = Some(g);
             }
-            let head_opt = cfg.optimizer_of_head();
-            state.step_with(
-                |p| {
-                    if head.contains(&p) {
-                        head_opt
-                    } else {
-                        &cfg.optimizer
-                    }
-                },
-                params,
-                &grads,
-            )?;
+            state.step_with(|p| cfg.optimizer_for(p, &head), params, &grads)?;
             steps += 1;
             loss_sum += out.loss.as_f64();
         }

@@ -29,7 +29,8 @@ pub fn spsa_direction<F: Float>(key: StepKey, param: usize, shape: &[usize]) -> 
 /// Trains `params` in place with SPSA estimates over the tensors of `assigned` that
 /// `cfg.perturbation` keeps (the same rule as Spry's, so that a B-only comparison is like for
 /// like), `cfg.zo_eps` being the perturbation scale; the head's tensors step with
-/// `cfg.head_optimizer` as in Spry. Returns the same report as [`train_local`](super::client::train_local).
+/// `cfg.head_optimizer` as in Spry. Returns the same report as
+/// [`train_local`](super::client::train_local).
 ///
 /// # Errors
 /// Objective errors.
@@ -76,18 +77,7 @@ pub fn train_local_mezo<F: Float, O: Objective<F>>(
             for (p, z) in zs {
                 grads[p] = Some(z.mapv(|v| v * F::from_f64(projected)));
             }
-            let head_opt = cfg.optimizer_of_head();
-            state.step_with(
-                |p| {
-                    if head.contains(&p) {
-                        head_opt
-                    } else {
-                        &cfg.optimizer
-                    }
-                },
-                params,
-                &grads,
-            )?;
+            state.step_with(|p| cfg.optimizer_for(p, &head), params, &grads)?;
             steps += 1;
             loss_sum += 0.5 * (plus.as_f64() + minus.as_f64());
         }

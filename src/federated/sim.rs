@@ -745,15 +745,8 @@ impl<F: Float> Simulation<F> {
             if n_t > 0 && cfg.client.head_grad == HeadGrad::Exact {
                 bytes.down += active.len() as u64 * comm::upload_gradients(n_s, n_t);
             }
-            let head_opt = cfg.client.optimizer_of_head();
             state.step_with(
-                |p| {
-                    if exact_available.contains(&p) {
-                        head_opt
-                    } else {
-                        &cfg.client.optimizer
-                    }
-                },
+                |p| cfg.client.optimizer_for(p, &exact_available),
                 &mut self.global,
                 &grads,
             )?;
