@@ -23,6 +23,10 @@ pub mod parallel;
 pub mod rng;
 pub mod tokenizer;
 
+/// The array crate of spry's public types (`ArrayD`, `Array2`, ...), re-exported so that a
+/// dependent uses the very version spry was built with.
+pub use ndarray;
+
 pub use dual::{Dual, common_k};
 pub use error::{Error, Result};
 pub use float::Float;

@@ -60,13 +60,15 @@ fn none_bias() -> String {
 }
 
 impl Default for LoraConfig {
-    /// The Spry paper's setting: r = 1, α = 1, dropout 0.1 on `query` and `value`.
+    /// The Spry paper's adapter shape, r = 1, α = 1 on `query` and `value`, without dropout:
+    /// dropout is something a user asks for (`lora_dropout`), never a hidden default (the paper
+    /// used 0.1).
     fn default() -> Self {
         LoraConfig {
             peft_type: lora_type(),
             r: 1,
             lora_alpha: 1.0,
-            lora_dropout: 0.1,
+            lora_dropout: 0.0,
             target_modules: vec!["query".into(), "value".into()],
             layers_to_transform: None,
             modules_to_save: None,
