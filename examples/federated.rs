@@ -165,8 +165,9 @@ struct Args {
     /// passes of 64 basis directions per 64 scalars of the probed unit).
     #[arg(long, default_value_t = 5)]
     diag_gradient_every: u64,
-    /// Optimizer of the classification head, however its gradient is obtained: plain SGD follows the gradient's magnitude and settles, where AdamW, restarted
-    /// every round, takes sign-like steps of `--head-lr` and keeps oscillating.
+    /// Optimizer of the classification head, however its gradient is obtained: plain SGD
+    /// follows the gradient's magnitude and settles, where AdamW, restarted every round, takes
+    /// sign-like steps of `--head-lr` and keeps oscillating.
     #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
     head_optimizer: String,
     /// Learning rate of `--head-optimizer` (default: 2 on the exact head gradient,

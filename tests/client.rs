@@ -518,6 +518,33 @@ fn head_grad_exact_uses_the_objectives_gradient() {
     assert_eq!(calls[0].tangent_on, vec![0, 1, 2, 3]);
 }
 
+/// Which local trainer a test runs.
+#[derive(Clone, Copy)]
+enum Trainer {
+    ForwardGradient,
+    ZeroOrder,
+}
+
+/// `init_params(init)` after one local round of `c` on `batches` (every tensor assigned, step
+/// key `key(step)`), flattened.
+fn trained_flat(
+    trainer: Trainer,
+    c: &ClientConfig,
+    init: u64,
+    step: u64,
+    batches: &[Batch],
+) -> Vec<f64> {
+    let mut p = init_params(init);
+    let mut st = OptimizerState::new(p.len());
+    let (net, all) = (TinyNet::default(), [0, 1, 2, 3]);
+    match trainer {
+        Trainer::ForwardGradient => train_local(&net, &mut p, &all, batches, c, &mut st, key(step)),
+        Trainer::ZeroOrder => train_local_mezo(&net, &mut p, &all, batches, c, &mut st, key(step)),
+    }
+    .unwrap();
+    flatten(&p)
+}
+
 #[test]
 fn head_optimizer_steps_the_exact_head_only() {
     // The head (exact gradient) takes the head optimizer's step, the hidden layer (forward
@@ -530,19 +557,7 @@ fn head_optimizer_steps_the_exact_head_only() {
         head_optimizer: Some(sgd(head_lr)),
         ..cfg(k, 1, sgd(lr))
     };
-    let mut p = init_params(61);
-    let mut st = OptimizerState::new(p.len());
-    train_local(
-        &TinyNet::default(),
-        &mut p,
-        &[0, 1, 2, 3],
-        &batches,
-        &c,
-        &mut st,
-        key(62),
-    )
-    .unwrap();
-    let after = flatten(&p);
+    let after = trained_flat(Trainer::ForwardGradient, &c, 61, 62, &batches);
     let off = offsets();
     let g = fd_gradient(&theta0, &batches[0]);
     for q in [2usize, 3] {
@@ -578,21 +593,8 @@ fn head_optimizer_steps_a_forward_gradient_head_too() {
         head_optimizer: Some(sgd(head_lr)),
         ..cfg(k, 1, sgd(lr))
     };
-    let mut p = init_params(64);
-    let mut st = OptimizerState::new(p.len());
-    let all = [0, 1, 2, 3];
-    train_local(
-        &TinyNet::default(),
-        &mut p,
-        &all,
-        &batches,
-        &c,
-        &mut st,
-        key(65),
-    )
-    .unwrap();
-    let after = flatten(&p);
-    let off = offsets();
+    let after = trained_flat(Trainer::ForwardGradient, &c, 64, 65, &batches);
+    let (off, all) = (offsets(), [0, 1, 2, 3]);
     for (q, rate) in [(0usize, lr), (1, lr), (2, head_lr), (3, head_lr)] {
         let manual = Manual {
             epochs: 1,
@@ -615,22 +617,7 @@ fn fedmezo_steps_the_head_with_the_head_optimizer() {
     // moves as a run at the head's rate does, the hidden layer as a run at the base rate does.
     let batches = vec![random_batch(66, 8)];
     let (lr, head_lr) = (0.05, 0.01);
-    let all = [0, 1, 2, 3];
-    let run = |c: &ClientConfig| {
-        let mut p = init_params(67);
-        let mut st = OptimizerState::new(p.len());
-        train_local_mezo(
-            &TinyNet::default(),
-            &mut p,
-            &all,
-            &batches,
-            c,
-            &mut st,
-            key(68),
-        )
-        .unwrap();
-        flatten(&p)
-    };
+    let run = |c: &ClientConfig| trained_flat(Trainer::ZeroOrder, c, 67, 68, &batches);
     let grouped = run(&ClientConfig {
         head_optimizer: Some(sgd(head_lr)),
         ..cfg(1, 1, sgd(lr))
