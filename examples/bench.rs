@@ -24,9 +24,8 @@ use std::process::Command;
 use clap::{Parser, ValueEnum};
 use ndarray::Array2;
 use spry::federated::{
-    ClassificationTask, ClientConfig, DirectionScheme, HeadGrad, LabelledBatch, LanguageModelTask,
-    LmBatch, LocalOptimizer, Objective, OptimizerState, Perturbation, StepKey, directions,
-    train_local,
+    ClassificationTask, ClientConfig, HeadGrad, LabelledBatch, LanguageModelTask, LmBatch,
+    LocalOptimizer, Objective, OptimizerState, Perturbation, StepKey, directions, train_local,
 };
 use spry::metrics::{current_rss_mib, median_time, peak_rss_mib};
 use spry::models::bert::{BertBatch, BertClassifier, Pooling};
@@ -248,9 +247,8 @@ fn client_step(cfg_k: usize) -> ClientConfig {
         jvp_clip: None,
         head_grad: HeadGrad::Forward,
         dropout: false,
-        zo_eps: 1e-3,
         perturbation: Perturbation::All,
-        directions: DirectionScheme::Gaussian,
+        ..ClientConfig::default()
     }
 }
 

@@ -16,8 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use spry::data::{PartitionScheme, dirichlet, iid, load_labelled_tsv, natural, train_test_split};
 use spry::federated::{
     ClassificationTask, ClientConfig, CommMode, DiagnosticsConfig, DirectionScheme, FederatedTask,
-    HeadGrad, LocalOptimizer, Method, Perturbation, PlannerKind, RoundMetrics, ServerOptimizer,
-    SimConfig, Simulation,
+    HeadGrad, LocalOptimizer, LrSchedule, Method, Perturbation, PlannerKind, RoundMetrics,
+    ServerOptimizer, SimConfig, Simulation,
 };
 use spry::models::bert::Pooling;
 use spry::models::pretrained::load_bert_classifier_dir;
@@ -145,10 +145,15 @@ struct Args {
     /// random init: while B = 0 a direction on A is pure noise) or `b-first` (A once B ≠ 0).
     #[arg(long, default_value = "b-only")]
     perturbation: Perturbation,
-    /// How directions are drawn: `gaussian` (independent), or `guided` (one of the K directions
-    /// along each LoRA B's current value, the rest orthogonal to it; still unbiased).
+    /// How directions are drawn: `gaussian` (independent), `guided` (one of the K directions
+    /// along each LoRA B's current value, the rest orthogonal to it) or `orthogonal` (the K
+    /// Gaussian draws of each tensor orthonormalised and scaled to length √d); all unbiased.
     #[arg(long, default_value = "gaussian")]
     directions: DirectionScheme,
+    /// Decay the client learning rates (adapters and head) as `1/√(1 + r/τ)` in round r (τ
+    /// given here, in rounds); unset: constant rates.
+    #[arg(long)]
+    lr_decay_rounds: Option<f64>,
     /// Fraction of the training file held out as a validation split (never trained on).
     #[arg(long, default_value_t = 0.1)]
     val_frac: f64,
@@ -365,6 +370,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             zo_eps: 1e-3,
             perturbation: args.perturbation,
             directions: args.directions,
+            lr_schedule: match args.lr_decay_rounds {
+                Some(rounds) => LrSchedule::InverseSqrt { rounds },
+                None => LrSchedule::Constant,
+            },
         },
         keep_client_state: false,
         seed: args.seed,

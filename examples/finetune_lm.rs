@@ -12,8 +12,9 @@ use std::time::Instant;
 use clap::Parser;
 use spry::data::iid;
 use spry::federated::{
-    ClientConfig, CommMode, DirectionScheme, HeadGrad, LanguageModelTask, LocalOptimizer, Method,
-    Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation, lm_sequences,
+    ClientConfig, CommMode, DirectionScheme, HeadGrad, LanguageModelTask, LocalOptimizer,
+    LrSchedule, Method, Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
+    lm_sequences,
 };
 use spry::models::pretrained::load_llama_gguf;
 use spry::modules::{LoraConfig, parse_layers};
@@ -66,9 +67,13 @@ struct Args {
     /// at zero, where a direction on A changes nothing and only adds noise).
     #[arg(long, default_value = "b-only")]
     perturbation: Perturbation,
-    /// Directions: gaussian, or guided by each LoRA B's current value.
+    /// Directions: gaussian, guided by each LoRA B's current value, or orthogonal.
     #[arg(long, default_value = "gaussian")]
     directions: DirectionScheme,
+    /// Decay the client learning rate as `1/√(1 + r/τ)` in round r (τ given here, in rounds);
+    /// unset: a constant rate.
+    #[arg(long)]
+    lr_decay_rounds: Option<f64>,
     /// Layers with adapters (PEFT's `layers_to_transform`): `all` or indices such as `26,27,28,29`
     /// (default: the top six of SmolLM2's 30, so the tangents start at layer 24).
     #[arg(long, default_value = "24,25,26,27,28,29")]
@@ -203,6 +208,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             zo_eps: 1e-3,
             perturbation: args.perturbation,
             directions: args.directions,
+            lr_schedule: match args.lr_decay_rounds {
+                Some(rounds) => LrSchedule::InverseSqrt { rounds },
+                None => LrSchedule::Constant,
+            },
         },
         keep_client_state: false,
         seed: args.seed,

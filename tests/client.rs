@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::{Array1, ArrayD};
 use spry::federated::{
-    ClientConfig, DirectionScheme, HeadGrad, LocalOptimizer, LossJvp, Objective, OptimizerState,
-    Perturbation, StepKey, direction, train_local, train_local_mezo,
+    ClientConfig, HeadGrad, LocalOptimizer, LossJvp, Objective, OptimizerState, Perturbation,
+    StepKey, direction, train_local, train_local_mezo,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use tiny_model::*;
@@ -33,9 +33,8 @@ fn cfg(k: usize, epochs: usize, optimizer: LocalOptimizer) -> ClientConfig {
         jvp_clip: None,
         head_grad: HeadGrad::Forward,
         dropout: false,
-        zo_eps: 1e-3,
         perturbation: Perturbation::All,
-        directions: DirectionScheme::Gaussian,
+        ..ClientConfig::default()
     }
 }
 
@@ -661,4 +660,24 @@ fn jvp_clip_is_applied() {
         }
     }
     assert_close(&flatten(&p), &expect, 1e-15, "clipped step");
+}
+
+#[test]
+fn lr_schedule_scales_both_optimizers_per_round() {
+    use spry::federated::LrSchedule;
+    let c = ClientConfig {
+        head_optimizer: Some(sgd(2.0)),
+        lr_schedule: LrSchedule::InverseSqrt { rounds: 4.0 },
+        ..cfg(1, 1, LocalOptimizer::adamw(0.5))
+    };
+    assert_eq!(c.for_round(0), c);
+    // round 12: 1/√(1 + 12/4) = 1/2
+    let late = c.for_round(12);
+    assert_eq!(late.optimizer, LocalOptimizer::adamw(0.25));
+    assert_eq!(late.head_optimizer, Some(sgd(1.0)));
+    assert_eq!(late.lr_schedule, c.lr_schedule);
+    assert_eq!(LrSchedule::Constant.factor(1_000_000), 1.0);
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert!(LrSchedule::InverseSqrt { rounds: bad }.validate().is_err());
+    }
 }

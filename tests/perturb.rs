@@ -343,6 +343,68 @@ fn guided_directions_lead_along_b_and_stay_unbiased() {
 }
 
 #[test]
+fn orthogonal_directions_form_a_scaled_frame_and_stay_unbiased() {
+    use spry::federated::{DirectionScheme, directions_with};
+    // p0 `[2, 3]` (d = 6) takes an orthogonal frame; p1 `[4]` with K = 5 > d keeps Gaussian
+    let t = registry();
+    let k = 4;
+    let d = directions_with(&t, &[0], k, key(), DirectionScheme::Orthogonal).unwrap();
+    let v = d.get(0).unwrap();
+    let rows: Vec<Vec<f64>> = v
+        .outer_iter()
+        .map(|r| r.iter().copied().collect())
+        .collect();
+    for i in 0..k {
+        for j in 0..k {
+            let dot: f64 = rows[i].iter().zip(&rows[j]).map(|(a, b)| a * b).sum();
+            let want = if i == j { 6.0 } else { 0.0 };
+            assert!((dot - want).abs() < 1e-9, "v{i}·v{j} = {dot}");
+        }
+    }
+    // the first direction is the first Gaussian draw, rescaled
+    let g = directions(&t, &[0], k, key()).unwrap();
+    let g0: Vec<f64> = g
+        .get(0)
+        .unwrap()
+        .outer_iter()
+        .next()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let ratio = rows[0][0] / g0[0];
+    assert!(ratio > 0.0);
+    for (a, b) in rows[0].iter().zip(&g0) {
+        assert!((a - ratio * b).abs() < 1e-9);
+    }
+    let again = directions_with(&t, &[0], k, key(), DirectionScheme::Orthogonal).unwrap();
+    assert_eq!(bits(v), bits(again.get(0).unwrap()));
+    let wide = directions_with(&t, &[1], 5, key(), DirectionScheme::Orthogonal).unwrap();
+    assert_eq!(wide, directions(&t, &[1], 5, key()).unwrap());
+    // E[(1/K) Σ_k v vᵀ] = I
+    let n = 4000u64;
+    let mut m = [[0.0f64; 6]; 6];
+    for step in 0..n {
+        let key = StepKey { step, ..key() };
+        let d = directions_with(&t, &[0], k, key, DirectionScheme::Orthogonal).unwrap();
+        for r in d.get(0).unwrap().outer_iter() {
+            let r: Vec<f64> = r.iter().copied().collect();
+            for i in 0..6 {
+                for j in 0..6 {
+                    m[i][j] += r[i] * r[j] / (k as f64 * n as f64);
+                }
+            }
+        }
+    }
+    for (i, row) in m.iter().enumerate() {
+        for (j, x) in row.iter().enumerate() {
+            let want = if i == j { 1.0 } else { 0.0 };
+            assert!((x - want).abs() < 0.06, "E[vvᵀ][{i}][{j}] = {x}");
+        }
+    }
+}
+
+#[test]
 fn schemes_and_rules_parse_from_their_command_line_names() {
     use spry::federated::{DirectionScheme, Perturbation};
     assert_eq!(
@@ -352,6 +414,10 @@ fn schemes_and_rules_parse_from_their_command_line_names() {
     assert_eq!(
         "guided".parse::<DirectionScheme>().unwrap(),
         DirectionScheme::GuidedByLoraB
+    );
+    assert_eq!(
+        "orthogonal".parse::<DirectionScheme>().unwrap(),
+        DirectionScheme::Orthogonal
     );
     assert_eq!("all".parse::<Perturbation>().unwrap(), Perturbation::All);
     assert_eq!(

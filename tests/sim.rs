@@ -4,8 +4,8 @@
 mod tiny_model;
 
 use spry::federated::{
-    ClientConfig, CommMode, DirectionScheme, Evaluation, FederatedTask, HeadGrad, LocalOptimizer,
-    LossJvp, Method, Objective, Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
+    ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad, LocalOptimizer, LossJvp, Method,
+    Objective, Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use spry::{Error, Result};
@@ -91,9 +91,8 @@ fn config(method: Method, comm: CommMode) -> SimConfig {
             jvp_clip: None,
             head_grad: HeadGrad::Forward,
             dropout: false,
-            zo_eps: 1e-3,
             perturbation: Perturbation::All,
-            directions: DirectionScheme::Gaussian,
+            ..ClientConfig::default()
         },
         keep_client_state: false,
         seed: 11,
@@ -134,6 +133,30 @@ fn every_method_lowers_the_test_loss() {
         );
         assert_eq!(sim.history.len(), 6);
         assert!(sim.history[2].test.is_some() && sim.history[1].test.is_none());
+    }
+}
+
+#[test]
+fn the_lr_schedule_applies_from_the_second_round() {
+    use spry::federated::LrSchedule;
+    let task = TinyTask::new();
+    for comm in [CommMode::PerEpoch, CommMode::PerIteration] {
+        let plain = config(Method::Spry, comm);
+        let mut decayed = plain.clone();
+        decayed.client.lr_schedule = LrSchedule::InverseSqrt { rounds: 1.0 };
+        let mut a = Simulation::new(plain, init_params(5)).unwrap();
+        let mut b = Simulation::new(decayed.clone(), init_params(5)).unwrap();
+        a.run_round(&task).unwrap();
+        b.run_round(&task).unwrap();
+        assert_eq!(
+            a.global, b.global,
+            "{comm:?}: round 0 runs at the full rate"
+        );
+        a.run_round(&task).unwrap();
+        b.run_round(&task).unwrap();
+        assert_ne!(a.global, b.global, "{comm:?}: round 1 runs at 1/√2 of it");
+        decayed.client.lr_schedule = LrSchedule::InverseSqrt { rounds: 0.0 };
+        assert!(Simulation::new(decayed, init_params(5)).is_err());
     }
 }
 

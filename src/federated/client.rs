@@ -95,6 +95,76 @@ pub struct ClientConfig {
     /// How the directions are drawn.
     #[serde(default)]
     pub directions: DirectionScheme,
+    /// How the learning rates of `optimizer` and `head_optimizer` change over the rounds.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+}
+
+impl Default for ClientConfig {
+    /// The settings chosen on rt_polarity's validation split (`docs/FORWARD_GRADIENTS.md`):
+    /// K = 4 directions, one local epoch, plain SGD at 1 on LoRA B only (A frozen at its random
+    /// initialisation), the head on its exact gradient with SGD at 2, Gaussian directions, no
+    /// JVP clipping, no dropout, a constant learning rate, ε = 1e-3 for FedMeZO.
+    fn default() -> Self {
+        ClientConfig {
+            k: 4,
+            local_epochs: 1,
+            optimizer: LocalOptimizer::sgd(1.0),
+            head_optimizer: Some(LocalOptimizer::sgd(2.0)),
+            jvp_clip: None,
+            head_grad: HeadGrad::Exact,
+            dropout: false,
+            zo_eps: 1e-3,
+            perturbation: Perturbation::LoraBOnly,
+            directions: DirectionScheme::Gaussian,
+            lr_schedule: LrSchedule::Constant,
+        }
+    }
+}
+
+/// A learning-rate schedule over rounds: the factor every local learning rate of round `r`
+/// (0-based) is multiplied by.
+///
+/// A forward-gradient step carries noise of about `√(d/K)` times the gradient along every
+/// direction it samples; at a constant rate that noise accumulates in the weights as a random
+/// walk (the forward-only runs' adapter norms grow by a constant amount every round). A rate
+/// decaying like `1/√r` keeps the walk's spread bounded relative to the signal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum LrSchedule {
+    /// Factor 1.
+    #[default]
+    Constant,
+    /// Factor `1/√(1 + r/rounds)`: the rate halves after `3·rounds` rounds.
+    InverseSqrt {
+        /// The time scale τ in rounds (positive).
+        rounds: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The factor of round `round` (0-based).
+    pub fn factor(self, round: u64) -> f64 {
+        match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::InverseSqrt { rounds } => 1.0 / (1.0 + round as f64 / rounds).sqrt(),
+        }
+    }
+
+    /// Checks the schedule's parameters.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] for a time scale that is not positive and finite.
+    pub fn validate(self) -> Result<()> {
+        match self {
+            LrSchedule::InverseSqrt { rounds } if !(rounds.is_finite() && rounds > 0.0) => {
+                Err(crate::Error::invalid(
+                    "LrSchedule",
+                    format!("inverse-sqrt time scale {rounds}: must be positive"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Which tensors of a client's assigned LoRA units are perturbed (and so trained).
@@ -159,6 +229,17 @@ impl Perturbation {
 }
 
 impl ClientConfig {
+    /// The settings of round `round` (0-based): both optimizers' learning rates scaled by
+    /// `lr_schedule`.
+    pub fn for_round(&self, round: u64) -> ClientConfig {
+        let f = self.lr_schedule.factor(round);
+        ClientConfig {
+            optimizer: self.optimizer.scaled(f),
+            head_optimizer: self.head_optimizer.map(|o| o.scaled(f)),
+            ..self.clone()
+        }
+    }
+
     /// The optimizer of the head's tensors: `head_optimizer`, or `optimizer` when unset.
     pub fn optimizer_of_head(&self) -> &LocalOptimizer {
         self.head_optimizer.as_ref().unwrap_or(&self.optimizer)

@@ -19,7 +19,7 @@ pub use aggregate::{
     aggregate_round, validate_update, weighted_averages,
 };
 pub use client::{
-    ClientConfig, HeadGrad, LocalReport, LossJvp, Objective, Perturbation, train_local,
+    ClientConfig, HeadGrad, LocalReport, LossJvp, LrSchedule, Objective, Perturbation, train_local,
 };
 pub use comm::{CommMode, RoundBytes};
 pub use diagnostics::{DiagnosticsConfig, RoundDiagnostics};

@@ -57,19 +57,31 @@ pub enum DirectionScheme {
     /// coordinates (the random signs cancel the cross terms between tensors in expectation).
     /// Other tensors, a `lora_B` that is still zero, and K = 1 get Gaussian directions.
     GuidedByLoraB,
+    /// Per tensor of `d` scalars, the K Gaussian draws orthonormalised (Gram–Schmidt in draw
+    /// order) and scaled to length `√d`: a uniformly random orthogonal K-frame, so
+    /// `E[v_k v_kᵀ] = I` and `ĝ` stays unbiased, while the K directions never measure the same
+    /// component twice and no direction is longer or shorter than average. For `K ≪ d`
+    /// independent Gaussian directions are already nearly orthogonal, so the expected gain is
+    /// of order `K/d`. A tensor with fewer scalars than K, and K = 1, keep the Gaussian draws.
+    ///
+    /// (Antithetic pairs `±v` are no scheme here: a JVP is linear in `v`, so `(∇L·(−v))(−v)`
+    /// equals `(∇L·v)v` and the pair is one direction counted twice. FedMeZO's two-point
+    /// difference `L(w + εv) − L(w − εv)` is already antithetic.)
+    Orthogonal,
 }
 
 impl std::str::FromStr for DirectionScheme {
     type Err = crate::Error;
 
-    /// `gaussian` or `guided` (command-line spelling).
+    /// `gaussian`, `guided` or `orthogonal` (command-line spelling).
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "gaussian" => Ok(DirectionScheme::Gaussian),
             "guided" => Ok(DirectionScheme::GuidedByLoraB),
+            "orthogonal" => Ok(DirectionScheme::Orthogonal),
             _ => Err(crate::Error::invalid(
                 "DirectionScheme",
-                format!("{s:?}: expected gaussian or guided"),
+                format!("{s:?}: expected gaussian, guided or orthogonal"),
             )),
         }
     }
@@ -127,9 +139,42 @@ pub fn directions_with<F: Float>(
         if guided {
             guide(&mut t, value, key, p);
         }
+        if scheme == DirectionScheme::Orthogonal && k >= 2 && value.len() >= k {
+            orthogonalise(&mut t);
+        }
         per_param[p] = Some(t);
     }
     Directions::new(trainable, k, per_param)
+}
+
+/// Rewrites the Gaussian directions `t` `[K, ..]` of one tensor (`d` scalars each, `K ≤ d`)
+/// into those of [`DirectionScheme::Orthogonal`]: modified Gram–Schmidt in f64, then each
+/// scaled to length `√d`.
+fn orthogonalise<F: Float>(t: &mut ArrayD<F>) {
+    let k = t.shape()[0];
+    let d = t.len() / k;
+    let mut rows: Vec<Vec<f64>> = t
+        .outer_iter()
+        .map(|v| v.iter().map(|x| x.as_f64()).collect())
+        .collect();
+    for i in 0..k {
+        let (done, rest) = rows.split_at_mut(i);
+        let row = &mut rest[0];
+        for prev in done.iter() {
+            let dot: f64 = row.iter().zip(prev).map(|(a, b)| a * b).sum();
+            row.iter_mut().zip(prev).for_each(|(a, b)| *a -= dot * b);
+        }
+        let norm = row.iter().map(|a| a * a).sum::<f64>().sqrt();
+        // a Gaussian draw lies in the span of the previous ones with probability 0
+        let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        row.iter_mut().for_each(|a| *a *= inv);
+    }
+    let len = (d as f64).sqrt();
+    for (mut v, row) in t.outer_iter_mut().zip(&rows) {
+        for (x, r) in v.iter_mut().zip(row) {
+            *x = F::from_f64(r * len);
+        }
+    }
 }
 
 /// Rewrites the Gaussian directions `t` `[K, ..]` of one tensor into the guided ones of

@@ -251,6 +251,7 @@ impl<F: Float> Simulation<F> {
                 "clients per round, batch size, K and workers must be positive",
             ));
         }
+        config.client.lr_schedule.validate()?;
         if !(0.0..1.0).contains(&config.drop_prob) {
             return Err(Error::invalid(OP, "drop probability must be in [0, 1)"));
         }
@@ -498,6 +499,7 @@ impl<F: Float> Simulation<F> {
             bytes.down += comm::download_model(n_scalars);
         }
         let global = &self.global;
+        let client_cfg = cfg.client.for_round(round);
         let run_client = |(c, params, mut state): (u64, Vec<usize>, OptimizerState)| -> Result<(ClientUpdate<F>, OptimizerState, f64, usize)> {
             let batches = task.train_batches(c as usize, round, cfg.batch_size)?;
             let mut local = global.clone();
@@ -508,8 +510,8 @@ impl<F: Float> Simulation<F> {
                 step: 0,
             };
             let report = match cfg.method {
-                Method::Spry | Method::FedFgd | Method::HeadOnly => train_local(task, &mut local, &params, &batches, &cfg.client, &mut state, key)?,
-                Method::FedMezo => train_local_mezo(task, &mut local, &params, &batches, &cfg.client, &mut state, key)?,
+                Method::Spry | Method::FedFgd | Method::HeadOnly => train_local(task, &mut local, &params, &batches, &client_cfg, &mut state, key)?,
+                Method::FedMezo => train_local_mezo(task, &mut local, &params, &batches, &client_cfg, &mut state, key)?,
             };
             let update = ClientUpdate {
                 client: c,
@@ -615,6 +617,7 @@ impl<F: Float> Simulation<F> {
         let est_cfg = EstimatorConfig {
             jvp_clip: cfg.client.jvp_clip,
         };
+        let client_cfg = cfg.client.for_round(round);
         let (mut loss_sum, mut n_loss, mut skipped) = (0.0, 0usize, 0usize);
         let exact_available = task.exact_params();
         for step in 0..steps {
@@ -746,7 +749,7 @@ impl<F: Float> Simulation<F> {
                 bytes.down += active.len() as u64 * comm::upload_gradients(n_s, n_t);
             }
             state.step_with(
-                |p| cfg.client.optimizer_for(p, &exact_available),
+                |p| client_cfg.optimizer_for(p, &exact_available),
                 &mut self.global,
                 &grads,
             )?;
