@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use spry::data::{PartitionScheme, dirichlet, iid, load_labelled_tsv, natural, train_test_split};
+use spry::data::{PartitionScheme, load_labelled_tsv};
 use spry::federated::{
     ClassificationTask, ClientConfig, CommMode, DiagnosticsConfig, DirectionScheme, FederatedTask,
     HeadGrad, LocalOptimizer, LrSchedule, Method, Perturbation, PlannerKind, RoundMetrics,
-    ServerOptimizer, SimConfig, Simulation,
+    RunSummary, ServerOptimizer, SimConfig, Simulation, metrics_csv, personalized_accuracy,
 };
 use spry::models::bert::Pooling;
 use spry::models::pretrained::load_bert_classifier_dir;
@@ -128,9 +128,9 @@ struct Args {
     /// otherwise.
     #[arg(long)]
     server_lr: Option<f64>,
-    /// FedAvgM's server momentum μ.
-    #[arg(long, default_value_t = 0.8)]
-    server_momentum: f64,
+    /// FedAvgM's server momentum μ (default: `SimConfig::tuned_classifier`'s 0.8).
+    #[arg(long)]
+    server_momentum: Option<f64>,
     /// Client learning rate of the forward-gradient (and zero-order) estimates (SGD at 1: chosen
     /// on the validation split, see docs/FORWARD_GRADIENTS.md; 0.1 and 0.3 learn more slowly).
     #[arg(long, default_value_t = 1.0)]
@@ -233,7 +233,7 @@ struct Args {
     /// Resume from `<out>/checkpoint.json` if present.
     #[arg(long)]
     resume: bool,
-    /// Assets folder (default: `$SPRY_ASSETS` or `<crate>/assets`).
+    /// Assets folder (default: `$SPRY_ASSETS`, else `./assets` if present, else the per-user cache: `spry::io::assets_dir`).
     #[arg(long)]
     assets: Option<PathBuf>,
 }
@@ -297,43 +297,28 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         PartitionArg::Iid => PartitionScheme::Iid,
         PartitionArg::Natural => PartitionScheme::Natural,
     };
-    let parts = match &scheme {
-        PartitionScheme::Iid => iid(train.len(), args.clients, args.seed)?,
-        PartitionScheme::Dirichlet { alpha } => dirichlet(
-            &train.iter().map(|e| e.label).collect::<Vec<_>>(),
-            args.clients,
-            *alpha,
-            args.seed,
-        )?,
-        PartitionScheme::Natural => {
-            let groups: Vec<&str> = train
-                .iter()
-                .map(|e| e.group.as_deref().unwrap_or(""))
-                .collect();
-            natural(&groups, args.clients, args.seed)?
-        }
-    };
-    let (client_train, client_test) = train_test_split(&parts, 0.2, args.seed);
-    let task = ClassificationTask {
-        model: &model,
-        tokenizer: &tokenizer,
+    let task = ClassificationTask::new(
+        &model,
+        &tokenizer,
         train,
         test,
-        client_train,
-        client_test,
-        seed: args.seed,
-        eval_batch: 64,
-    };
-    let head_unit = initial.units().len() - 1;
+        &scheme,
+        args.clients,
+        args.seed,
+    )?;
+    let tuned = SimConfig::tuned_classifier(model.head_unit());
     let server = match args.server {
         ServerArg::Fedavg => ServerOptimizer::FedAvg { eta: 0.5 },
-        ServerArg::Fedavgm => ServerOptimizer::FedAvgM {
-            eta: 0.1,
-            momentum: args.server_momentum,
-        },
+        ServerArg::Fedavgm => tuned.server,
         ServerArg::Fedyogi => ServerOptimizer::fedyogi(),
         ServerArg::Fedadam => ServerOptimizer::fedadam(),
         ServerArg::Fedadagrad => ServerOptimizer::fedadagrad(),
+    };
+    let server = match (server, args.server_momentum) {
+        (ServerOptimizer::FedAvgM { eta, .. }, Some(momentum)) => {
+            ServerOptimizer::FedAvgM { eta, momentum }
+        }
+        (s, _) => s,
     };
     let server = args.server_lr.map_or(server, |eta| server.with_eta(eta));
     let config = SimConfig {
@@ -361,28 +346,23 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             local_epochs: args.local_epochs,
             optimizer: LocalOptimizer::named(&args.optimizer, args.lr)?,
             head_optimizer: Some(LocalOptimizer::named(&args.head_optimizer, head_lr(&args))?),
-            jvp_clip: None,
             head_grad: match args.head_grad {
                 HeadGradArg::Exact => HeadGrad::Exact,
                 HeadGradArg::Forward => HeadGrad::Forward,
             },
-            dropout: false,
-            zo_eps: 1e-3,
             perturbation: args.perturbation,
             directions: args.directions,
             lr_schedule: match args.lr_decay_rounds {
                 Some(rounds) => LrSchedule::InverseSqrt { rounds },
                 None => LrSchedule::Constant,
             },
+            ..tuned.client.clone()
         },
-        keep_client_state: false,
         seed: args.seed,
         eval_every: args.eval_every,
-        drop_prob: 0.0,
-        min_clients: 1,
         workers: args.workers,
         shared_units: if args.head_to_all || matches!(args.method, MethodArg::HeadOnly) {
-            vec![head_unit]
+            tuned.shared_units.clone()
         } else {
             Vec::new()
         },
@@ -390,6 +370,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             gradient_every: args.diag_gradient_every,
             ..DiagnosticsConfig::default()
         }),
+        ..tuned
     };
     let ckpt_path = args.out.join("checkpoint.json");
     let mut sim = if args.resume && ckpt_path.is_file() {
@@ -416,13 +397,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?);
     bar.set_position(sim.round);
     let budget = args.time_budget_s;
-    let mut csv = csv_header().to_string();
-    for m in &sim.history {
-        csv.push_str(&csv_row(m));
-    }
     let metrics_path = args.out.join("metrics.csv");
+    let mut csv = metrics_csv(&sim.history);
     sim.run(&task, Some(&ckpt_path), |m| {
-        csv.push_str(&csv_row(m));
+        csv.push_str(&m.csv_row());
         let _ = std::fs::write(&metrics_path, &csv);
         let acc = m
             .test
@@ -433,59 +411,24 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         budget <= 0.0 || m.wall_s < budget
     })?;
     bar.finish();
-    // make sure the last state is evaluated
-    let last = sim.history.last().cloned().unwrap_or_default();
-    let final_eval = match last.test {
-        Some(t) => t,
-        None => {
-            let t = task.evaluate(&sim.global)?;
-            if let Some(m) = sim.history.last_mut() {
-                m.test = Some(t);
-            }
-            // the last row of metrics.csv now has its evaluation too
-            let rows: String = sim.history.iter().map(csv_row).collect();
-            std::fs::write(&metrics_path, format!("{}{rows}", csv_header()))?;
-            t
-        }
-    };
-    // the reference's "after local finetuning" metric on a few clients
-    let (before_p, after_p) = personalization(&task, &sim, args.personalize_clients)?;
+    // the last state is evaluated, and the last row of metrics.csv has that evaluation
+    let last = sim.evaluate_last(&task)?;
+    std::fs::write(&metrics_path, metrics_csv(&sim.history))?;
     plot(
         &args.out.join("accuracy.svg"),
         &sim.history,
         &format!("{:?}", args.method),
     )?;
-    let best = sim
-        .history
-        .iter()
-        .filter_map(|m| m.test.and_then(|t| t.accuracy))
-        .fold(final_eval.accuracy.unwrap_or(0.0), f64::max);
-    let (up, down): (u64, u64) = sim
-        .history
-        .iter()
-        .fold((0, 0), |(u, d), m| (u + m.bytes.up, d + m.bytes.down));
-    let rounds_done = sim.round.max(1);
-    let summary = serde_json::json!({
-        "method": format!("{:?}", args.method).to_lowercase(),
-        "eval_split": format!("{:?}", args.eval).to_lowercase(),
-        "rounds": sim.round,
-        "final_test_accuracy": final_eval.accuracy,
-        "final_test_loss": final_eval.loss,
-        "best_test_accuracy": best,
-        "test_accuracy_before": before.accuracy,
-        "personalized_accuracy_before": before_p,
-        "personalized_accuracy_after": after_p,
-        "wall_s": last.wall_s,
-        "total_s": start.elapsed().as_secs_f64(),
-        "peak_rss_mib": spry::metrics::peak_rss_mib(),
-        "bytes_up": up,
-        "bytes_down": down,
-        "bytes_up_per_round": up / rounds_done,
-        "bytes_down_per_round": down / rounds_done,
-        "skipped_steps": sim.history.iter().map(|m| m.skipped_steps).sum::<usize>(),
-        "config": sim.config,
-        "args": format!("{args:?}"),
-    });
+    let mut summary = RunSummary::new(&sim, before, last);
+    // the reference's "after local finetuning" metric on a few clients
+    if let Some((b, a)) = personalized_accuracy(&task, &sim, args.personalize_clients, 5)? {
+        summary.personalized_accuracy_before = Some(b);
+        summary.personalized_accuracy_after = Some(a);
+    }
+    let mut summary = serde_json::to_value(summary)?;
+    summary["eval_split"] = format!("{:?}", args.eval).to_lowercase().into();
+    summary["total_s"] = start.elapsed().as_secs_f64().into();
+    summary["args"] = format!("{args:?}").into();
     std::fs::write(
         args.out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
@@ -508,84 +451,6 @@ fn head_lr(args: &Args) -> f64 {
         (_, HeadGradArg::Forward) => HEAD_LR_FORWARD,
     };
     args.head_lr.unwrap_or(default)
-}
-
-fn csv_header() -> &'static str {
-    "round,wall_s,train_loss,test_loss,test_accuracy,bytes_up,bytes_down,skipped_steps,rejected,\
-     probe_unit,grad_norm,estimator_cosine,update_cosine,adapter_norm,adapter_update,head_update,\
-     adapter_loss_change,adapter_logit_rms,diag_s\n"
-}
-
-fn csv_row(m: &RoundMetrics) -> String {
-    let (tl, ta) = m.test.map_or((String::new(), String::new()), |t| {
-        (
-            format!("{:.6}", t.loss),
-            t.accuracy.map_or(String::new(), |a| format!("{a:.6}")),
-        )
-    });
-    let diag = m.diagnostics.as_ref().map_or(",,,,,,,,,".to_string(), |d| {
-        format!(
-            "{},{:.6e},{:.6},{:.6},{:.6e},{:.6e},{:.6e},{:.6e},{},{:.3}",
-            d.unit.as_deref().unwrap_or(""),
-            d.grad_norm,
-            d.estimator_cosine,
-            d.update_cosine,
-            d.adapter_norm,
-            d.adapter_update,
-            d.head_update,
-            d.adapter_loss_change,
-            d.adapter_logit_rms
-                .map_or(String::new(), |v| format!("{v:.6e}")),
-            d.seconds
-        )
-    });
-    format!(
-        "{},{:.3},{:.6},{tl},{ta},{},{},{},{},{diag}\n",
-        m.round, m.wall_s, m.train_loss, m.bytes.up, m.bytes.down, m.skipped_steps, m.rejected
-    )
-}
-
-/// Mean accuracy on the local test splits of `n` clients before and after 5 local epochs of
-/// forward-gradient finetuning on each client's slot of the round-0 plan (the reference's
-/// "Test Generalized Accuracy" is the "after" value).
-fn personalization(
-    task: &ClassificationTask<'_>,
-    sim: &Simulation<f32>,
-    n: usize,
-) -> spry::Result<(Option<f64>, Option<f64>)> {
-    if n == 0 {
-        return Ok((None, None));
-    }
-    let (clients, _) = sim.sample_clients(u64::MAX, task.n_clients());
-    let mut cfg = sim.config.client.clone();
-    cfg.local_epochs = 5;
-    let all: Vec<usize> = (0..sim.global.len()).collect();
-    let (mut b, mut a, mut m) = (0.0, 0.0, 0usize);
-    for &c in clients.iter().take(n) {
-        if task.client_test[c as usize].is_empty() {
-            continue;
-        }
-        let before = task.evaluate_client(c as usize, &sim.global)?;
-        let mut local = sim.global.clone();
-        let mut state = spry::federated::OptimizerState::new(local.len());
-        let batches = task.train_batches(c as usize, u64::MAX, sim.config.batch_size)?;
-        let key = spry::federated::StepKey {
-            seed: sim.config.seed,
-            round: u64::MAX,
-            client: c,
-            step: 0,
-        };
-        spry::federated::train_local(task, &mut local, &all, &batches, &cfg, &mut state, key)?;
-        let after = task.evaluate_client(c as usize, &local)?;
-        b += before.accuracy.unwrap_or(0.0);
-        a += after.accuracy.unwrap_or(0.0);
-        m += 1;
-    }
-    Ok(if m == 0 {
-        (None, None)
-    } else {
-        (Some(b / m as f64), Some(a / m as f64))
-    })
 }
 
 fn plot(

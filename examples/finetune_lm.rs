@@ -96,7 +96,7 @@ struct Args {
     /// The GGUF file (default: the fetched SmolLM2).
     #[arg(long)]
     gguf: Option<PathBuf>,
-    /// Assets folder (default: `$SPRY_ASSETS` or `<crate>/assets`).
+    /// Assets folder (default: `$SPRY_ASSETS`, else `./assets` if present, else the per-user cache: `spry::io::assets_dir`).
     #[arg(long)]
     assets: Option<PathBuf>,
 }

@@ -26,6 +26,8 @@ pub mod tokenizer;
 /// The array crate of spry's public types (`ArrayD`, `Array2`, ...), re-exported so that a
 /// dependent uses the very version spry was built with.
 pub use ndarray;
+/// The JSON crate of spry's checkpoint states (`Aggregator::state`), re-exported likewise.
+pub use serde_json;
 
 pub use dual::{Dual, common_k};
 pub use error::{Error, Result};

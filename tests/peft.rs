@@ -16,7 +16,7 @@ use spry::modules::peft::{
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, canonical_peft_name, modules_to_save,
 };
 use spry::modules::{
-    Directions, LoraConfig, Trainable, load_peft_adapter, load_peft_adapter_for, read_peft_config,
+    Directions, LoraConfig, Trainable, load_peft_adapter, load_peft_tensors, read_peft_config,
     save_peft_adapter,
 };
 use spry::rng::{Domain, KeyedRng};
@@ -186,7 +186,7 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) 
 fn load_err(dir: &Path, lora: &LoraConfig) -> Error {
     let mut t = fresh_bert_registry(lora);
     let before = t.clone();
-    let err = load_peft_adapter(dir, &mut t).unwrap_err();
+    let err = load_peft_tensors(dir, &mut t).unwrap_err();
     assert_eq!(t, before, "a failed load changed the registry ({err})");
     err
 }
@@ -210,7 +210,7 @@ fn bert_classifier_round_trip_is_bit_identical_with_the_same_logits() {
         bits(&t2),
         "the fresh registry must start different"
     );
-    let cfg = load_peft_adapter(dir.path(), &mut t2).unwrap();
+    let cfg = load_peft_tensors(dir.path(), &mut t2).unwrap();
     assert_eq!(t2.names(), t1.names());
     assert_eq!(bits(&t2), bits(&t1));
     assert_eq!(bert_logits(&m2, &t2), bert_logits(&m1, &t1));
@@ -224,7 +224,7 @@ fn bert_classifier_round_trip_is_bit_identical_with_the_same_logits() {
     );
     // the checked variant accepts the model's own config
     let mut t3 = fresh_bert_registry(&lora);
-    load_peft_adapter_for(dir.path(), m2.bert().lora(), &mut t3).unwrap();
+    load_peft_adapter(dir.path(), m2.bert().lora(), &mut t3).unwrap();
     assert_eq!(bits(&t3), bits(&t1));
 }
 
@@ -239,7 +239,7 @@ fn llama_round_trip_is_bit_identical_with_the_same_outputs() {
     randomize(&mut t1, 12);
     save_peft_adapter(dir.path(), &lora, &t1).unwrap();
     let (m2, mut t2) = llama(&lora, 2);
-    let cfg = load_peft_adapter_for(dir.path(), m2.lora(), &mut t2).unwrap();
+    let cfg = load_peft_adapter(dir.path(), m2.lora(), &mut t2).unwrap();
     assert_eq!(bits(&t2), bits(&t1));
     assert_eq!(llama_outputs(&m2, &t2), llama_outputs(&m1, &t1));
     assert_eq!(cfg.modules_to_save, None);
@@ -258,7 +258,7 @@ fn f64_registries_round_trip_through_f32() {
     save_peft_adapter(dir.path(), &lora, &t).unwrap();
     let mut u = Trainable::<f64>::new();
     Llama::<f64>::load(&cfg, &mut weights(), &lora, 2, &mut u).unwrap();
-    load_peft_adapter(dir.path(), &mut u).unwrap();
+    load_peft_tensors(dir.path(), &mut u).unwrap();
     for (a, b) in t.values().iter().zip(u.values()) {
         for (x, y) in a.iter().zip(b) {
             assert_eq!(*y, *x as f32 as f64);
@@ -375,7 +375,7 @@ fn a_config_as_peft_writes_it_is_read() {
     });
     std::fs::write(dir.path().join(ADAPTER_CONFIG_FILE), peft.to_string()).unwrap();
     let mut t = fresh_bert_registry(&lora);
-    let cfg = load_peft_adapter_for(dir.path(), &lora, &mut t).unwrap();
+    let cfg = load_peft_adapter(dir.path(), &lora, &mut t).unwrap();
     assert_eq!(bits(&t), bits(&t1));
     assert_eq!(cfg.lora_alpha, 4.0);
     assert_eq!(cfg.target_modules, ["value", "query"]);
@@ -403,7 +403,7 @@ fn keys_with_the_adapter_name_are_accepted() {
             .contains_key("base_model.model.classifier.modules_to_save.default.weight")
     );
     let mut t = fresh_bert_registry(&lora);
-    load_peft_adapter(dir.path(), &mut t).unwrap();
+    load_peft_tensors(dir.path(), &mut t).unwrap();
     assert_eq!(bits(&t), bits(&t1));
     assert_eq!(
         canonical_peft_name("base_model.model.x.q_proj.lora_A.default.weight"),
@@ -525,7 +525,7 @@ fn extra_lora_tensors_from_another_model_are_rejected() {
     });
     let (_, mut u) = llama(&lora, 2);
     let before = u.clone();
-    match load_peft_adapter(dir.path(), &mut u).unwrap_err() {
+    match load_peft_tensors(dir.path(), &mut u).unwrap_err() {
         Error::UnexpectedTensor { name, .. } => assert_eq!(name, "base_model.model.score.weight"),
         e => panic!("{e}"),
     }
@@ -548,7 +548,7 @@ fn rank_and_alpha_mismatches_are_config_errors() {
     let mut t = fresh_bert_registry(&r4);
     let before = t.clone();
     assert!(matches!(
-        load_peft_adapter_for(dir.path(), &r4, &mut t),
+        load_peft_adapter(dir.path(), &r4, &mut t),
         Err(Error::Config { .. })
     ));
     assert_eq!(t, before);
@@ -556,7 +556,7 @@ fn rank_and_alpha_mismatches_are_config_errors() {
     let a8 = bert_lora(2, 8.0, &["query", "value"]);
     let mut t = fresh_bert_registry(&a8);
     let before = t.clone();
-    match load_peft_adapter_for(dir.path(), &a8, &mut t).unwrap_err() {
+    match load_peft_adapter(dir.path(), &a8, &mut t).unwrap_err() {
         Error::Config { path, msg } => {
             assert!(path.ends_with(ADAPTER_CONFIG_FILE));
             assert!(msg.contains("lora_alpha = 4"), "{msg}");
@@ -772,7 +772,7 @@ fn merging_with_a_foreign_registry_fails_and_changes_nothing() {
 fn a_loaded_adapter_merges_into_the_model_it_was_trained_on() {
     let (dir, m1, t1, lora) = saved_bert("load-merge");
     let (mut m2, mut t2) = classifier(&lora, 3);
-    load_peft_adapter_for(dir.path(), m2.bert().lora(), &mut t2).unwrap();
+    load_peft_adapter(dir.path(), m2.bert().lora(), &mut t2).unwrap();
     m2.merge_adapters(&t2).unwrap();
     let d = max_abs_diff(&bert_logits(&m2, &t2), &bert_logits(&m1, &t1));
     assert!(d <= 1e-5, "{d}");

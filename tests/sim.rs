@@ -3,9 +3,11 @@
 
 mod tiny_model;
 
+use ndarray::ArrayD;
 use spry::federated::{
-    ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad, LocalOptimizer, LossJvp, Method,
-    Objective, Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
+    Aggregator, ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad, LocalOptimizer,
+    LossJvp, Method, Objective, Perturbation, Plan, Planner, PlannerKind, ServerOptimizer,
+    SimConfig, Simulation,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use spry::{Error, Result};
@@ -134,6 +136,106 @@ fn every_method_lowers_the_test_loss() {
         assert_eq!(sim.history.len(), 6);
         assert!(sim.history[2].test.is_some() && sim.history[1].test.is_none());
     }
+}
+
+/// Every client trains the last unit only.
+struct LastUnitOnly;
+
+impl Planner for LastUnitOnly {
+    fn name(&self) -> &'static str {
+        "last-unit-only"
+    }
+    fn plan(&self, _round: u64, n_clients: usize, n_units: usize) -> Result<Plan> {
+        Ok(Plan {
+            units: vec![vec![n_units - 1]; n_clients],
+        })
+    }
+}
+
+/// The global becomes the round's averages; counts its rounds (its checkpointed state).
+struct TakeAverages {
+    rounds: u64,
+}
+
+impl Aggregator<f64> for TakeAverages {
+    fn apply(
+        &mut self,
+        global: &mut Trainable<f64>,
+        averages: &[Option<ArrayD<f64>>],
+    ) -> Result<()> {
+        for (p, a) in averages.iter().enumerate() {
+            if let Some(a) = a {
+                global.set_value(p, a.clone())?;
+            }
+        }
+        self.rounds += 1;
+        Ok(())
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!(self.rounds)
+    }
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        self.rounds = state
+            .as_u64()
+            .ok_or_else(|| Error::invalid("TakeAverages", "not a count"))?;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_users_planner_and_aggregator_plug_in() {
+    let task = TinyTask::new();
+    let cfg = config(Method::Spry, CommMode::PerEpoch);
+    let init = init_params(5);
+    let last = init.units().len() - 1;
+    let mut sim = Simulation::new(cfg.clone(), init.clone())
+        .unwrap()
+        .with_planner(Box::new(LastUnitOnly))
+        .unwrap()
+        .with_aggregator(Box::new(TakeAverages { rounds: 0 }))
+        .unwrap();
+    let want: Vec<usize> = init.units()[last].params.clone().collect();
+    assert!(sim.assignments(0, 4).unwrap().iter().all(|a| *a == want));
+    sim.run_round(&task).unwrap();
+    sim.run_round(&task).unwrap();
+    for (p, (a, b)) in sim.global.values().iter().zip(init.values()).enumerate() {
+        assert_eq!(a == b, !want.contains(&p), "parameter {p}");
+    }
+    // FedAvg at η = 1 takes the averages too, up to rounding
+    let mut fedavg = Simulation::new(cfg.clone(), init.clone())
+        .unwrap()
+        .with_planner(Box::new(LastUnitOnly))
+        .unwrap();
+    fedavg.run_round(&task).unwrap();
+    fedavg.run_round(&task).unwrap();
+    for (a, b) in sim.global.values().iter().zip(fedavg.global.values()) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+    // the aggregator's state survives a checkpoint; a resumed run must plug it in again
+    let ckpt = sim.checkpoint();
+    assert_eq!(ckpt.aggregator_state, Some(serde_json::json!(2)));
+    let mut bare = Simulation::resume(&cfg, init.clone(), ckpt.clone()).unwrap();
+    assert!(bare.run_round(&task).is_err());
+    let resumed = Simulation::resume(&cfg, init.clone(), ckpt)
+        .unwrap()
+        .with_aggregator(Box::new(TakeAverages { rounds: 0 }))
+        .unwrap();
+    assert_eq!(
+        resumed.checkpoint().aggregator_state,
+        Some(serde_json::json!(2))
+    );
+    // a planner only replaces Spry's; per-iteration rounds have nothing to aggregate
+    let mezo = Simulation::new(config(Method::FedMezo, CommMode::PerEpoch), init.clone());
+    assert!(mezo.unwrap().with_planner(Box::new(LastUnitOnly)).is_err());
+    let per_it = Simulation::new(config(Method::Spry, CommMode::PerIteration), init);
+    assert!(
+        per_it
+            .unwrap()
+            .with_aggregator(Box::new(TakeAverages { rounds: 0 }))
+            .is_err()
+    );
 }
 
 #[test]

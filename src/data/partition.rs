@@ -23,6 +23,36 @@ pub enum PartitionScheme {
     Natural,
 }
 
+impl PartitionScheme {
+    /// Splits `examples` among `n_clients` clients by this scheme: [`iid`], [`dirichlet`] over
+    /// the labels, or [`natural`] over the group values (an example without one is in the group
+    /// `""`).
+    ///
+    /// # Errors
+    /// The chosen function's errors (no clients, more clients than examples or groups, a bad α).
+    pub fn split(
+        &self,
+        examples: &[super::Example],
+        n_clients: usize,
+        seed: u64,
+    ) -> Result<Partition> {
+        match self {
+            PartitionScheme::Iid => iid(examples.len(), n_clients, seed),
+            PartitionScheme::Dirichlet { alpha } => {
+                let labels: Vec<usize> = examples.iter().map(|e| e.label).collect();
+                dirichlet(&labels, n_clients, *alpha, seed)
+            }
+            PartitionScheme::Natural => {
+                let groups: Vec<&str> = examples
+                    .iter()
+                    .map(|e| e.group.as_deref().unwrap_or(""))
+                    .collect();
+                natural(&groups, n_clients, seed)
+            }
+        }
+    }
+}
+
 /// Shuffles `0..n` and deals it evenly into `n_clients` parts.
 ///
 /// # Errors

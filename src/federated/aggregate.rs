@@ -173,6 +173,26 @@ pub trait Aggregator<F: Float> {
     /// # Errors
     /// [`Error::ShapeMismatch`] if an average's shape differs from its parameter's.
     fn apply(&mut self, global: &mut Trainable<F>, averages: &[Option<ArrayD<F>>]) -> Result<()>;
+
+    /// The state a checkpoint keeps so that a resumed run aggregates exactly as an
+    /// uninterrupted one (moments, counters); `Value::Null` (the default) for a stateless rule.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Restores what [`Aggregator::state`] returned.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a state this aggregator cannot have written.
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        match state {
+            serde_json::Value::Null => Ok(()),
+            _ => Err(Error::invalid(
+                "Aggregator::restore",
+                "a stateless aggregator got a saved state",
+            )),
+        }
+    }
 }
 
 /// A [`ServerOptimizer`] with its moment state (flat, one vector per parameter, created when the
@@ -197,6 +217,16 @@ impl ServerState {
 }
 
 impl<F: Float> Aggregator<F> for ServerState {
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        *self = serde_json::from_value(state)
+            .map_err(|e| Error::invalid("ServerState::restore", e.to_string()))?;
+        Ok(())
+    }
+
     fn apply(&mut self, global: &mut Trainable<F>, averages: &[Option<ArrayD<F>>]) -> Result<()> {
         const OP: &str = "ServerState::apply";
         if averages.len() != global.len() || self.m.len() != global.len() {
@@ -392,7 +422,7 @@ pub struct AggregationReport {
 /// # Errors
 /// [`Error::Round`] if fewer than `min_clients` valid updates arrived; the global state is then
 /// untouched.
-pub fn aggregate_round<F: Float, A: Aggregator<F>>(
+pub fn aggregate_round<F: Float, A: Aggregator<F> + ?Sized>(
     global: &mut Trainable<F>,
     aggregator: &mut A,
     expected: &RoundExpectation,

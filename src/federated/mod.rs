@@ -11,6 +11,7 @@ pub mod mezo;
 pub mod optim;
 pub mod perturb;
 pub mod planner;
+pub mod report;
 pub mod sim;
 pub mod tasks;
 
@@ -31,6 +32,7 @@ pub use planner::{
     AllUnitsPlanner, DepthAwarePlanner, NoUnitsPlanner, Plan, Planner, ReferencePlanner,
     ReshufflePlanner,
 };
+pub use report::{METRICS_CSV_HEADER, RunSummary, metrics_csv, personalized_accuracy};
 pub use sim::{
     Checkpoint, Evaluation, FederatedTask, Method, PlannerKind, RoundMetrics, SimConfig, Simulation,
 };

@@ -42,6 +42,16 @@ pub trait Planner: Send + Sync {
     fn plan(&self, round: u64, n_clients: usize, n_units: usize) -> Result<Plan>;
 }
 
+/// A borrowed planner plans as its referent does.
+impl<P: Planner + ?Sized> Planner for &P {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn plan(&self, round: u64, n_clients: usize, n_units: usize) -> Result<Plan> {
+        (**self).plan(round, n_clients, n_units)
+    }
+}
+
 fn check(n_clients: usize, n_units: usize) -> Result<()> {
     if n_clients == 0 || n_units == 0 {
         return Err(Error::invalid(

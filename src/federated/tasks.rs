@@ -5,7 +5,7 @@ use ndarray::{Array2, ArrayD, Axis};
 
 use super::client::{LossJvp, Objective};
 use super::sim::{Evaluation, FederatedTask};
-use crate::data::{Example, Partition};
+use crate::data::{Example, Partition, PartitionScheme, train_test_split};
 use crate::kernels::cross_entropy_logit_grad;
 use crate::models::bert::{BertBatch, BertClassifier, argmax_rows};
 use crate::models::llama::Llama;
@@ -43,7 +43,42 @@ pub struct ClassificationTask<'m> {
     pub eval_batch: usize,
 }
 
-impl ClassificationTask<'_> {
+impl<'m> ClassificationTask<'m> {
+    /// Share of each client's examples held out as its local test split (the reference's 80/20),
+    /// for the personalised metric [`FederatedTask::evaluate_client`].
+    pub const CLIENT_TEST_FRACTION: f64 = 0.2;
+    /// Evaluation batch size of [`ClassificationTask::new`].
+    pub const EVAL_BATCH: usize = 64;
+
+    /// A task over `train` split among `n_clients` clients by `scheme` (each client's examples
+    /// then split 80/20 into local train and test), evaluated on `test`, all seeded by `seed`.
+    ///
+    /// # Errors
+    /// [`PartitionScheme::split`]'s errors.
+    pub fn new(
+        model: &'m BertClassifier<f32>,
+        tokenizer: &'m TextTokenizer,
+        train: Vec<Example>,
+        test: Vec<Example>,
+        scheme: &PartitionScheme,
+        n_clients: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let parts = scheme.split(&train, n_clients, seed)?;
+        let (client_train, client_test) =
+            train_test_split(&parts, Self::CLIENT_TEST_FRACTION, seed);
+        Ok(ClassificationTask {
+            model,
+            tokenizer,
+            train,
+            test,
+            client_train,
+            client_test,
+            seed,
+            eval_batch: Self::EVAL_BATCH,
+        })
+    }
+
     /// Tokenises `examples[idx]` with dynamic padding.
     ///
     /// # Errors
@@ -52,11 +87,7 @@ impl ClassificationTask<'_> {
         let texts: Vec<&str> = idx.iter().map(|&i| examples[i].text.as_str()).collect();
         let tb = self.tokenizer.encode_batch(&texts, true)?;
         Ok(LabelledBatch {
-            input: BertBatch {
-                ids: tb.ids,
-                type_ids: tb.type_ids,
-                mask: tb.mask,
-            },
+            input: tb.into(),
             labels: idx.iter().map(|&i| examples[i].label as i64).collect(),
         })
     }

@@ -10,8 +10,8 @@
 //!   a tile of rows at a time by the kernels.
 //! - [`BertConfig`] / [`LlamaConfig`]: validated model hyper-parameters, from `config.json` or
 //!   (Llama) from GGUF metadata.
-//! - [`assets_dir`] / [`asset`]: where the real model files live (`$SPRY_ASSETS`, default
-//!   `<crate>/assets`, filled by `scripts/fetch_assets.sh`).
+//! - [`assets_dir`] / [`asset`]: where the real model files live (`$SPRY_ASSETS`, else
+//!   `./assets` where `scripts/fetch_assets.sh` puts them in a checkout, else a per-user cache).
 //!
 //! Every reader checks lengths and offsets against the file before it allocates or slices, so a
 //! corrupt or truncated file gives an [`Error::Format`], never a panic or a
@@ -65,9 +65,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Environment variable naming the folder of the real model files.
 pub const ASSETS_ENV: &str = "SPRY_ASSETS";
 
-/// The folder holding the real model files: `$SPRY_ASSETS` if set (and non-empty), else the
-/// crate's own `assets/` folder (`<crate>/assets`, gitignored), where `scripts/fetch_assets.sh`
-/// puts them.
+/// The folder holding the real model files, first of:
+///
+/// 1. `$SPRY_ASSETS`, if set and non-empty;
+/// 2. `./assets` in the current directory, if it exists (a checkout of spry, where
+///    `scripts/fetch_assets.sh` puts them, or a project that keeps its files there);
+/// 3. the per-user cache [`user_assets_dir`].
+///
+/// It never points into spry's own source tree (inside the cargo registry for a dependent).
+/// Code that knows its folder passes it explicitly (the examples' `--assets`).
 ///
 /// The layout below it is one folder per model, e.g.
 /// `all-MiniLM-L6-v2/model.safetensors` and
@@ -75,7 +81,30 @@ pub const ASSETS_ENV: &str = "SPRY_ASSETS";
 pub fn assets_dir() -> PathBuf {
     match std::env::var_os(ASSETS_ENV) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"),
+        _ if Path::new("assets").is_dir() => PathBuf::from("assets"),
+        _ => user_assets_dir(),
+    }
+}
+
+/// The per-user cache folder for assets: `$XDG_CACHE_HOME/spry/assets`, else
+/// `$HOME/.cache/spry/assets` (`$HOME/Library/Caches/spry/assets` on macOS,
+/// `%LOCALAPPDATA%\spry\assets` on Windows); `./spry-assets` if none of these is set.
+pub fn user_assets_dir() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cache = if cfg!(windows) {
+        var("LOCALAPPDATA")
+    } else if cfg!(target_os = "macos") {
+        var("HOME").map(|h| h.join("Library").join("Caches"))
+    } else {
+        var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")))
+    };
+    match cache {
+        Some(dir) => dir.join("spry").join("assets"),
+        None => PathBuf::from("spry-assets"),
     }
 }
 
@@ -96,8 +125,10 @@ pub fn asset(relative: impl AsRef<Path>) -> Result<PathBuf> {
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!(
-                    "asset not found: run `scripts/fetch_assets.sh` to download the model files \
-                     (or set {ASSETS_ENV} to the folder that holds them)"
+                    "asset not found: set {ASSETS_ENV} to the folder that holds the model files \
+                     (or put them in {}); spry's repository has `scripts/fetch_assets.sh`, \
+                     which downloads them (`--dest DIR`)",
+                    user_assets_dir().display()
                 ),
             ),
             path,

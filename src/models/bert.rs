@@ -64,6 +64,27 @@ impl BertBatch {
         })
     }
 
+    /// A batch of two-segment inputs (sentence pairs): `type_ids` as the tokenizer gave them.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `ids`, `type_ids` and `mask` differ in shape.
+    pub fn with_type_ids(
+        ids: Array2<u32>,
+        type_ids: Array2<u32>,
+        mask: Array2<bool>,
+    ) -> Result<Self> {
+        if type_ids.dim() != ids.dim() {
+            return Err(Error::shape(
+                "BertBatch::with_type_ids",
+                format!("type ids {:?}", ids.shape()),
+                type_ids.shape(),
+            ));
+        }
+        let mut batch = BertBatch::new(ids, mask)?;
+        batch.type_ids = type_ids;
+        Ok(batch)
+    }
+
     /// The sequences `range` of the batch.
     ///
     /// # Shapes
@@ -73,6 +94,17 @@ impl BertBatch {
             ids: self.ids.slice(s![range.clone(), ..]).to_owned(),
             type_ids: self.type_ids.slice(s![range.clone(), ..]).to_owned(),
             mask: self.mask.slice(s![range, ..]).to_owned(),
+        }
+    }
+}
+
+impl From<crate::tokenizer::TokenBatch> for BertBatch {
+    /// The tokenizer's ids, segment ids and mask, as they are.
+    fn from(t: crate::tokenizer::TokenBatch) -> Self {
+        BertBatch {
+            ids: t.ids,
+            type_ids: t.type_ids,
+            mask: t.mask,
         }
     }
 }
@@ -424,6 +456,25 @@ impl<F: Float> Bert<F> {
         Ok(x)
     }
 
+    /// Pooled features with their tangents: the mean of the last hidden state over real
+    /// tokens, `e_b = Σ_t m_bt·x_bt / Σ_t m_bt`, not normalised, and `ė_b` along each of the K
+    /// directions of `dirs` (K = 0: a plain forward).
+    ///
+    /// # Shapes
+    /// - output primal `[B, H]`, tangent `[K, B, H]`
+    ///
+    /// # Errors
+    /// As [`Bert::encode`].
+    pub fn mean_pooled(
+        &self,
+        batch: &BertBatch,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+    ) -> Result<Dual<F, Ix2>> {
+        let h = self.encode(batch, trainable, dirs, None)?;
+        mean_pool(&h, batch.mask.view())
+    }
+
     /// Sentence embeddings: mean of the last hidden state over real tokens, L2-normalised (the
     /// all-MiniLM-L6-v2 recipe). A plain forward with the adapters as they are.
     ///
@@ -437,8 +488,8 @@ impl<F: Float> Bert<F> {
         batch: &BertBatch,
         trainable: &Trainable<F>,
     ) -> Result<Array2<F>> {
-        let h = self.encode(batch, trainable, &Directions::none(trainable.len()), None)?;
-        let mut e = mean_pool(&h, batch.mask.view())?.into_primal();
+        let none = Directions::none(trainable.len());
+        let mut e = self.mean_pooled(batch, trainable, &none)?.into_primal();
         for mut row in e.axis_iter_mut(Axis(0)) {
             let norm = row.iter().map(|v| *v * *v).sum::<F>().sqrt();
             if norm > F::zero() {
@@ -491,6 +542,7 @@ pub struct BertClassifier<F: Float> {
     bert: Bert<F>,
     pooling: Pooling,
     n_labels: usize,
+    head_unit: usize,
     head_weight: usize,
     head_bias: usize,
 }
@@ -536,6 +588,7 @@ impl<F: Float> BertClassifier<F> {
                 bert,
                 pooling: Pooling::Pooler,
                 n_labels,
+                head_unit: unit,
                 head_weight: params.start,
                 head_bias: params.start + 1,
             },
@@ -578,6 +631,12 @@ impl<F: Float> BertClassifier<F> {
     /// Number of classes.
     pub fn n_labels(&self) -> usize {
         self.n_labels
+    }
+
+    /// Registry index of the classifier's unit (its weight and bias): the unit a federated run
+    /// shares with every client ([`crate::federated::SimConfig::tuned_classifier`]).
+    pub fn head_unit(&self) -> usize {
+        self.head_unit
     }
 
     /// Registry indices of the classifier's weight and bias.

@@ -12,7 +12,7 @@ use super::bert::{Bert, BertBatch, BertClassifier};
 use super::llama::Llama;
 use super::source::{GgufLlamaSource, WeightFormat};
 use crate::io::{ASSETS_ENV, BertConfig, GgufFile, LlamaConfig, assets_dir, load_safetensors};
-use crate::modules::{LoraConfig, Trainable, load_peft_adapter_for, read_peft_config};
+use crate::modules::{LoraConfig, Trainable, load_peft_adapter, read_peft_config};
 use crate::tokenizer::{TextTokenizer, TokenizerOptions, bpe_from_gguf_vocab};
 use crate::{Error, Result};
 
@@ -194,14 +194,14 @@ pub fn load_llama_gguf_as(
 /// from its `adapter_model.safetensors`.
 ///
 /// # Errors
-/// As [`load_llama_gguf`] and [`load_peft_adapter_for`].
+/// As [`load_llama_gguf`] and [`load_peft_adapter`].
 pub fn load_llama_gguf_with_adapter(
     path: &Path,
     adapter_dir: &Path,
 ) -> Result<(Llama<f32>, Trainable<f32>, TextTokenizer)> {
     let lora = read_peft_config(adapter_dir)?;
     let (model, mut trainable, tok) = load_llama_gguf(path, &lora, 0)?;
-    load_peft_adapter_for(adapter_dir, model.lora(), &mut trainable)?;
+    load_peft_adapter(adapter_dir, model.lora(), &mut trainable)?;
     Ok((model, trainable, tok))
 }
 

@@ -8,5 +8,5 @@ pub mod trainable;
 
 pub use linear::{AdapterSlot, DropoutKey, FrozenLinear};
 pub use lora::{LoraConfig, parse_layers};
-pub use peft::{load_peft_adapter, load_peft_adapter_for, read_peft_config, save_peft_adapter};
+pub use peft::{load_peft_adapter, load_peft_tensors, read_peft_config, save_peft_adapter};
 pub use trainable::{Directions, Trainable, Unit};

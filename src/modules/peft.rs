@@ -268,12 +268,15 @@ pub fn canonical_peft_name(key: &str) -> String {
     key.to_string()
 }
 
-/// Loads the adapter folder `dir` into `trainable` and returns its config.
+/// Loads the tensors of the adapter folder `dir` into `trainable` and returns its config,
+/// without comparing its `lora_alpha` with a model's: for reading an adapter's values as data
+/// (for example as directions). To load an adapter into a model, use [`load_peft_adapter`],
+/// which also checks `r` and `lora_alpha` against the model's.
 ///
 /// Every registry tensor must be in `adapter_model.safetensors` with the registry's shape, and
 /// the file must hold nothing else. The config's `r` must be the rank of the registry's LoRA
 /// factors. `lora_alpha` cannot be checked against the model here (the registry does not hold
-/// it): use [`load_peft_adapter_for`] to also check it, or compare the returned config.
+/// it).
 ///
 /// On any error `trainable` is left untouched.
 ///
@@ -285,18 +288,20 @@ pub fn canonical_peft_name(key: &str) -> String {
 /// - [`Error::MissingTensor`] / [`Error::TensorShape`] / [`Error::UnsupportedDtype`] naming the
 ///   file and the first registry tensor that is absent, mis-shaped or stored as integers.
 /// - [`Error::UnexpectedTensor`] naming a tensor of the file the registry does not hold.
-pub fn load_peft_adapter<F: Float>(dir: &Path, trainable: &mut Trainable<F>) -> Result<LoraConfig> {
+pub fn load_peft_tensors<F: Float>(dir: &Path, trainable: &mut Trainable<F>) -> Result<LoraConfig> {
     let config = read_peft_config(dir)?;
     load_with_config(dir, config, trainable)
 }
 
-/// [`load_peft_adapter`] for a model built with `model_lora`: also an error if the adapter's `r`
-/// or `lora_alpha` differs from the model's (the model scales the update by its own α/r).
+/// Loads the adapter folder `dir` into `trainable`, the registry of a model built with
+/// `model_lora`, and returns the adapter's config: [`load_peft_tensors`], and also an error if
+/// the adapter's `r` or `lora_alpha` differs from the model's (the model scales the update by
+/// its own α/r, so a different α would silently rescale every update).
 ///
 /// # Errors
-/// As [`load_peft_adapter`]; [`Error::Config`] naming `adapter_config.json` on an `r` or
+/// As [`load_peft_tensors`]; [`Error::Config`] naming `adapter_config.json` on an `r` or
 /// `lora_alpha` mismatch.
-pub fn load_peft_adapter_for<F: Float>(
+pub fn load_peft_adapter<F: Float>(
     dir: &Path,
     model_lora: &LoraConfig,
     trainable: &mut Trainable<F>,

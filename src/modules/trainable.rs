@@ -227,6 +227,66 @@ impl<F: Float> Directions<F> {
         Ok(Directions { k, per_param })
     }
 
+    /// One direction (K = 1) given by tensor names: `named` pairs a registry (PEFT) name with a
+    /// tensor of that parameter's shape; every other parameter is frozen for the pass.
+    ///
+    /// # Shapes
+    /// - each named tensor: the shape of its parameter
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a name the registry does not hold or given twice;
+    /// [`Error::ShapeMismatch`] for a tensor of another shape.
+    pub fn from_named<'a>(
+        trainable: &Trainable<F>,
+        named: impl IntoIterator<Item = (&'a str, ArrayD<F>)>,
+    ) -> Result<Self> {
+        const OP: &str = "Directions::from_named";
+        let mut per_param: Vec<Option<ArrayD<F>>> = vec![None; trainable.len()];
+        for (name, t) in named {
+            let i = trainable
+                .index_of(name)
+                .ok_or_else(|| Error::invalid(OP, format!("no trainable tensor `{name}`")))?;
+            if per_param[i].is_some() {
+                return Err(Error::invalid(OP, format!("`{name}` given twice")));
+            }
+            if t.shape() != trainable.value(i).shape() {
+                return Err(Error::shape(
+                    OP,
+                    format!("{:?} (`{name}`)", trainable.value(i).shape()),
+                    t.shape(),
+                ));
+            }
+            per_param[i] = Some(t.insert_axis(ndarray::Axis(0)));
+        }
+        Ok(Directions { k: 1, per_param })
+    }
+
+    /// One direction (K = 1) given by the values of `direction`, a registry with the same names
+    /// and shapes as `trainable` (for example an adapter read with
+    /// [`crate::modules::load_peft_tensors`] into a clone of it). All-zero tensors stay
+    /// symbolic zeros, so the pass skips them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the registries' names differ; [`Error::ShapeMismatch`] if
+    /// a shape does.
+    pub fn from_trainable(trainable: &Trainable<F>, direction: &Trainable<F>) -> Result<Self> {
+        if trainable.names() != direction.names() {
+            return Err(Error::invalid(
+                "Directions::from_trainable",
+                "the two registries hold different tensors",
+            ));
+        }
+        Self::from_named(
+            trainable,
+            direction
+                .names()
+                .iter()
+                .zip(direction.values())
+                .filter(|(_, v)| v.iter().any(|x| *x != F::zero()))
+                .map(|(n, v)| (n.as_str(), v.clone())),
+        )
+    }
+
     /// Number of directions (0 when no parameter carries one).
     pub fn k(&self) -> usize {
         self.k
