@@ -24,13 +24,14 @@ use std::process::Command;
 use clap::{Parser, ValueEnum};
 use ndarray::Array2;
 use spry::federated::{
-    ClassificationTask, ClientConfig, HeadGrad, LabelledBatch, LanguageModelTask, LmBatch,
-    LocalOptimizer, Objective, OptimizerState, Perturbation, StepKey, directions, train_local,
+    ClientConfig, HeadGrad, LocalOptimizer, Objective, OptimizerState, Perturbation, StepKey,
+    directions, train_local,
 };
 use spry::metrics::{current_rss_mib, median_time, peak_rss_mib};
 use spry::models::bert::{BertBatch, BertClassifier, Pooling};
 use spry::models::pretrained::{load_bert_classifier_dir, load_llama_gguf};
 use spry::modules::{Directions, LoraConfig, Trainable};
+use spry::tasks::{ClassificationTask, LabelledBatch, LanguageModelTask, LmBatch};
 use spry::tokenizer::{TextTokenizer, TokenizerOptions};
 
 /// Batch size of every MiniLM measurement (the anchor's).

@@ -15,13 +15,14 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use spry::data::{PartitionScheme, load_labelled_tsv};
 use spry::federated::{
-    ClassificationTask, ClientConfig, CommMode, DiagnosticsConfig, DirectionScheme, FederatedTask,
-    HeadGrad, LocalOptimizer, LrSchedule, Method, Perturbation, PlannerKind, RoundMetrics,
-    RunSummary, ServerOptimizer, SimConfig, Simulation, metrics_csv, personalized_accuracy,
+    ClientConfig, CommMode, DiagnosticsConfig, DirectionScheme, FederatedTask, HeadGrad,
+    LocalOptimizer, LrSchedule, Method, Perturbation, PlannerKind, RoundMetrics, RunSummary,
+    ServerOptimizer, SimConfig, Simulation, metrics_csv, personalized_accuracy,
 };
 use spry::models::bert::Pooling;
 use spry::models::pretrained::load_bert_classifier_dir;
 use spry::modules::{LoraConfig, parse_layers};
+use spry::tasks::ClassificationTask;
 use spry::tokenizer::TokenizerOptions;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -12,12 +12,12 @@ use std::time::Instant;
 use clap::Parser;
 use spry::data::iid;
 use spry::federated::{
-    ClientConfig, CommMode, DirectionScheme, HeadGrad, LanguageModelTask, LocalOptimizer,
-    LrSchedule, Method, Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
-    lm_sequences,
+    ClientConfig, CommMode, DirectionScheme, HeadGrad, LocalOptimizer, LrSchedule, Method,
+    Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
 };
 use spry::models::pretrained::load_llama_gguf;
 use spry::modules::{LoraConfig, parse_layers};
+use spry::tasks::{LanguageModelTask, lm_sequences};
 
 /// Federated Spry finetuning of SmolLM2 on hamlet.txt.
 #[derive(Parser, Debug)]

@@ -21,6 +21,7 @@ pub mod models;
 pub mod modules;
 pub mod parallel;
 pub mod rng;
+pub mod tasks;
 pub mod tokenizer;
 
 /// The array crate of spry's public types (`ArrayD`, `Array2`, ...), re-exported so that a

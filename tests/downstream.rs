@@ -7,13 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use spry::data::{PartitionScheme, holdout, load_labelled_tsv};
-use spry::federated::{
-    Aggregator, ClassificationTask, FederatedTask, Method, Plan, Planner, SimConfig, Simulation,
-};
+use spry::federated::{Aggregator, FederatedTask, Method, Plan, Planner, SimConfig, Simulation};
 use spry::models::bert::{BertBatch, BertClassifier, Pooling};
 use spry::models::pretrained::load_bert_classifier_dir;
 use spry::modules::{Directions, LoraConfig, Trainable, load_peft_tensors, save_peft_adapter};
 use spry::ndarray::ArrayD;
+use spry::tasks::ClassificationTask;
 use spry::{Result, TextTokenizer, TokenizerOptions};
 
 /// A scratch folder of this test process.

@@ -9,11 +9,11 @@ pub mod diagnostics;
 pub mod estimator;
 pub mod mezo;
 pub mod optim;
+mod per_iteration;
 pub mod perturb;
 pub mod planner;
 pub mod report;
 pub mod sim;
-pub mod tasks;
 
 pub use aggregate::{
     AggregationReport, Aggregator, ClientUpdate, RoundExpectation, ServerOptimizer, ServerState,
@@ -36,4 +36,3 @@ pub use report::{METRICS_CSV_HEADER, RunSummary, metrics_csv, personalized_accur
 pub use sim::{
     Checkpoint, Evaluation, FederatedTask, Method, PlannerKind, RoundMetrics, SimConfig, Simulation,
 };
-pub use tasks::{ClassificationTask, LabelledBatch, LanguageModelTask, LmBatch, lm_sequences};

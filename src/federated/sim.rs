@@ -17,17 +17,19 @@ use serde::{Deserialize, Serialize};
 use super::aggregate::{
     Aggregator, ClientUpdate, RoundExpectation, ServerOptimizer, ServerState, aggregate_round,
 };
-use super::client::{ClientConfig, HeadGrad, Objective, split_exact, train_local};
+use super::client::{ClientConfig, HeadGrad, Objective, train_local};
 use super::comm::{self, CommMode, RoundBytes};
 use super::diagnostics::{DiagnosticsConfig, RoundDiagnostics};
-use super::estimator::{Estimate, EstimatorConfig, forward_gradient};
 use super::mezo::train_local_mezo;
 use super::optim::OptimizerState;
-use super::perturb::{StepKey, directions_with};
+use super::per_iteration::{
+    StepPass, client_pass, exact_broadcast_bytes, replay_average, upload_bytes,
+};
+use super::perturb::StepKey;
 use super::planner::{
     AllUnitsPlanner, DepthAwarePlanner, NoUnitsPlanner, Planner, ReferencePlanner, ReshufflePlanner,
 };
-use crate::modules::{Directions, DropoutKey, Trainable};
+use crate::modules::{Directions, Trainable};
 pub use crate::parallel::parallel_map;
 use crate::rng::{Domain, KeyedRng};
 use crate::{Error, Float, Result};
@@ -261,19 +263,6 @@ pub struct Checkpoint {
     /// The state of a user's aggregator ([`Simulation::with_aggregator`]), when one was set.
     #[serde(default)]
     pub aggregator_state: Option<serde_json::Value>,
-}
-
-/// What a client sends per step in per-iteration mode.
-struct JvpUpload<F: Float> {
-    client: u64,
-    /// The parameters it perturbed (the server replays their directions).
-    perturbed: Vec<usize>,
-    /// K JVP scalars (empty if nothing was perturbed).
-    jvp: Vec<F>,
-    /// Exact gradients of the parameters it trains on them.
-    exact: Vec<(usize, ArrayD<F>)>,
-    n_examples: usize,
-    loss: f64,
 }
 
 /// A running simulation.
@@ -764,144 +753,48 @@ impl<F: Float> Simulation<F> {
         if !cfg.keep_client_state {
             state = OptimizerState::new(self.global.len());
         }
-        let est_cfg = EstimatorConfig {
-            jvp_clip: cfg.client.jvp_clip,
-        };
         let client_cfg = cfg.client.for_round(round);
         let (mut loss_sum, mut n_loss, mut skipped) = (0.0, 0usize, 0usize);
         let exact_available = task.exact_params();
         for step in 0..steps {
             // clients: one dual pass each on the current global, upload K scalars (and the exact
             // gradients of the tensors trained on them)
-            let global = &self.global;
             let work: Vec<(usize, u64, Vec<usize>)> = active
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| !batches[*i].is_empty())
                 .map(|(i, (c, a))| (i, *c, (*a).clone()))
                 .collect();
-            let uploads = parallel_map(
-                work,
-                cfg.workers,
-                |(i, client, params)| -> Result<JvpUpload<F>> {
-                    let batch = &batches[i][step % batches[i].len()];
-                    let key = StepKey {
-                        seed: cfg.seed,
-                        round,
-                        client,
-                        step: step as u64,
-                    };
-                    let (exact_for, candidates) =
-                        split_exact(&params, &exact_available, cfg.client.head_grad);
-                    let perturbed = cfg.client.perturbation.filter(global, &candidates);
-                    let dirs = if perturbed.is_empty() {
-                        Directions::none(global.len())
-                    } else {
-                        directions_with(
-                            global,
-                            &perturbed,
-                            cfg.client.k,
-                            key,
-                            cfg.client.directions,
-                        )?
-                    };
-                    let dropout = cfg.client.dropout.then(|| DropoutKey {
-                        seed: cfg.seed,
-                        parts: vec![round, client, step as u64],
-                    });
-                    let out = task.loss_jvp(batch, global, &dirs, dropout.as_ref(), &exact_for)?;
-                    Ok(JvpUpload {
-                        client,
-                        perturbed,
-                        jvp: out.jvp.map(|j| j.to_vec()).unwrap_or_default(),
-                        exact: out
-                            .exact
-                            .into_iter()
-                            .filter(|(p, _)| exact_for.contains(p))
-                            .collect(),
-                        n_examples: task.batch_len(batch),
-                        loss: out.loss.as_f64(),
-                    })
-                },
-            )?;
-            let exact_size = |u: &JvpUpload<F>| {
-                let n: usize = u.exact.iter().map(|(_, g)| g.len()).sum();
-                (n, u.exact.len())
+            let pass = StepPass {
+                cfg: &cfg,
+                round,
+                step: step as u64,
+                exact_available: &exact_available,
             };
-            for u in &uploads {
-                let (n_s, n_t) = exact_size(u);
-                bytes.up += comm::upload_jvps(cfg.client.k);
-                if n_t > 0 {
-                    bytes.up += comm::upload_gradients(n_s, n_t);
-                }
-            }
+            let global = &self.global;
+            let uploads = parallel_map(work, cfg.workers, |(i, client, params)| {
+                let batch = &batches[i][step % batches[i].len()];
+                client_pass(task, global, &pass, client, &params, batch)
+            })?;
+            bytes.up += uploads
+                .iter()
+                .map(|u| upload_bytes(u, cfg.client.k))
+                .sum::<u64>();
             bytes.down += comm::broadcast_jvps(cfg.client.k, uploads.len());
             // server: replay each client's directions from the seed, average per tensor, step
-            let mut sums: Vec<Option<(ArrayD<F>, f64)>> = vec![None; self.global.len()];
-            for u in uploads {
-                let mut grads: Vec<(usize, ArrayD<F>)> = Vec::new();
-                if !u.perturbed.is_empty() {
-                    let key = StepKey {
-                        seed: cfg.seed,
-                        round,
-                        client: u.client,
-                        step: step as u64,
-                    };
-                    let dirs = directions_with(
-                        &self.global,
-                        &u.perturbed,
-                        cfg.client.k,
-                        key,
-                        cfg.client.directions,
-                    )?;
-                    match forward_gradient(&u.jvp, &dirs, &est_cfg)? {
-                        Estimate::NonFinite => {
-                            skipped += 1;
-                            continue;
-                        }
-                        Estimate::Gradient(g) => grads.extend(
-                            g.into_iter()
-                                .enumerate()
-                                .filter_map(|(p, g)| g.map(|g| (p, g))),
-                        ),
-                    }
-                }
-                if !u.loss.is_finite()
-                    || u.exact
-                        .iter()
-                        .any(|(_, g)| g.iter().any(|v| !v.is_finite()))
-                {
-                    skipped += 1;
-                    continue;
-                }
-                grads.extend(u.exact);
-                for (p, g) in grads {
-                    let e = sums[p].get_or_insert_with(|| (ArrayD::zeros(g.shape()), 0.0));
-                    e.0.scaled_add(F::from_usize(u.n_examples), &g);
-                    e.1 += u.n_examples as f64;
-                }
-                loss_sum += u.loss;
-                n_loss += 1;
-            }
-            let grads: Vec<Option<ArrayD<F>>> = sums
-                .into_iter()
-                .map(|s| s.map(|(g, w)| g.mapv(|v| v / F::from_f64(w))))
-                .collect();
+            let replay = replay_average(global, &pass, uploads)?;
+            skipped += replay.skipped;
+            loss_sum += replay.loss_sum;
+            n_loss += replay.n_loss;
             // the averaged exact gradients go to every participant with the JVP broadcast
-            let (n_s, n_t) = grads
-                .iter()
-                .enumerate()
-                .filter(|(p, g)| g.is_some() && exact_available.contains(p))
-                .fold((0, 0), |(s, t), (_, g)| {
-                    (s + g.as_ref().map_or(0, |g| g.len()), t + 1)
-                });
-            if n_t > 0 && cfg.client.head_grad == HeadGrad::Exact {
-                bytes.down += active.len() as u64 * comm::upload_gradients(n_s, n_t);
+            if cfg.client.head_grad == HeadGrad::Exact {
+                bytes.down +=
+                    active.len() as u64 * exact_broadcast_bytes(&replay.grads, &exact_available);
             }
             state.step_with(
                 |p| client_cfg.optimizer_for(p, &exact_available),
                 &mut self.global,
-                &grads,
+                &replay.grads,
             )?;
         }
         self.iteration_state = Some(state);

@@ -1,32 +1,78 @@
-//! Federated tasks over the real models: text classification with a BERT classifier, and
-//! next-token prediction with a Llama model.
+//! Federated text classification: a [`TextClassifier`] (BERT's, or a user's own model) over
+//! federated partitions of labelled texts.
 
-use ndarray::{Array2, ArrayD, Axis};
+use ndarray::Axis;
 
-use super::client::{LossJvp, Objective};
-use super::sim::{Evaluation, FederatedTask};
 use crate::data::{Example, Partition, PartitionScheme, train_test_split};
+use crate::federated::{Evaluation, FederatedTask, LossJvp, Objective};
 use crate::kernels::cross_entropy_logit_grad;
-use crate::models::bert::{BertBatch, BertClassifier, argmax_rows};
-use crate::models::llama::Llama;
+use crate::models::bert::{BertBatch, BertClassifier, ClassifierOutput, argmax_rows};
 use crate::modules::{Directions, DropoutKey, Trainable};
 use crate::rng::{Domain, KeyedRng};
-use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::{TextTokenizer, TokenBatch};
 use crate::{Error, Result};
 
+/// A classifier of tokenised texts whose logits are a linear head on pooled features,
+/// `logits = features·Wᵀ + b`: what [`ClassificationTask`] trains. [`BertClassifier`]
+/// implements it; a user's own model plugs in the same way.
+pub trait TextClassifier: Sync {
+    /// The model's input, built from the tokenizer's batch.
+    type Input: From<TokenBatch> + Sync;
+
+    /// One pass: logits, and with `labels` the mean cross-entropy plus one JVP scalar per
+    /// direction of `dirs`, and the head's input features.
+    ///
+    /// # Shapes
+    /// - `labels`: `[B]`; output logits `[B, C]`, features `[B, H]`
+    ///
+    /// # Errors
+    /// The model's errors.
+    fn classify(
+        &self,
+        input: &Self::Input,
+        labels: Option<&[i64]>,
+        params: &Trainable<f32>,
+        dirs: &Directions<f32>,
+        dropout: Option<&DropoutKey>,
+    ) -> Result<ClassifierOutput<f32>>;
+
+    /// Registry indices of the head's weight `[C, H]` and bias `[C]`, whose exact gradients
+    /// the task computes from the features at no activation cost.
+    fn head_params(&self) -> (usize, usize);
+}
+
+impl TextClassifier for BertClassifier<f32> {
+    type Input = BertBatch;
+
+    fn classify(
+        &self,
+        input: &BertBatch,
+        labels: Option<&[i64]>,
+        params: &Trainable<f32>,
+        dirs: &Directions<f32>,
+        dropout: Option<&DropoutKey>,
+    ) -> Result<ClassifierOutput<f32>> {
+        self.forward(input, labels, params, dirs, dropout)
+    }
+
+    fn head_params(&self) -> (usize, usize) {
+        BertClassifier::head_params(self)
+    }
+}
+
 /// A tokenised classification batch: the model input and the labels.
-pub struct LabelledBatch {
-    /// Ids, segment ids and mask `[B, T]`.
-    pub input: BertBatch,
+pub struct LabelledBatch<I = BertBatch> {
+    /// The model's input (for BERT: ids, segment ids and mask `[B, T]`).
+    pub input: I,
     /// Class per row.
     pub labels: Vec<i64>,
 }
 
 /// Text classification over federated partitions of labelled examples, with a shared frozen
-/// BERT classifier (borrowed: every simulated client reads the same weights).
-pub struct ClassificationTask<'m> {
+/// classifier (borrowed: every simulated client reads the same weights).
+pub struct ClassificationTask<'m, M: TextClassifier = BertClassifier<f32>> {
     /// The model.
-    pub model: &'m BertClassifier<f32>,
+    pub model: &'m M,
     /// Its tokenizer (truncation set to the maximum length).
     pub tokenizer: &'m TextTokenizer,
     /// All training examples.
@@ -43,7 +89,7 @@ pub struct ClassificationTask<'m> {
     pub eval_batch: usize,
 }
 
-impl<'m> ClassificationTask<'m> {
+impl<'m, M: TextClassifier> ClassificationTask<'m, M> {
     /// Share of each client's examples held out as its local test split (the reference's 80/20),
     /// for the personalised metric [`FederatedTask::evaluate_client`].
     pub const CLIENT_TEST_FRACTION: f64 = 0.2;
@@ -56,7 +102,7 @@ impl<'m> ClassificationTask<'m> {
     /// # Errors
     /// [`PartitionScheme::split`]'s errors.
     pub fn new(
-        model: &'m BertClassifier<f32>,
+        model: &'m M,
         tokenizer: &'m TextTokenizer,
         train: Vec<Example>,
         test: Vec<Example>,
@@ -83,7 +129,7 @@ impl<'m> ClassificationTask<'m> {
     ///
     /// # Errors
     /// Tokenizer errors.
-    pub fn batch(&self, examples: &[Example], idx: &[usize]) -> Result<LabelledBatch> {
+    pub fn batch(&self, examples: &[Example], idx: &[usize]) -> Result<LabelledBatch<M::Input>> {
         let texts: Vec<&str> = idx.iter().map(|&i| examples[i].text.as_str()).collect();
         let tb = self.tokenizer.encode_batch(&texts, true)?;
         Ok(LabelledBatch {
@@ -107,7 +153,7 @@ impl<'m> ClassificationTask<'m> {
             let b = self.batch(examples, chunk)?;
             let out = self
                 .model
-                .forward(&b.input, Some(&b.labels), params, &none, None)?;
+                .classify(&b.input, Some(&b.labels), params, &none, None)?;
             let ce = out.loss.expect("labels given");
             loss += ce.loss as f64 * chunk.len() as f64;
             correct += argmax_rows(out.logits.view())
@@ -128,12 +174,12 @@ impl<'m> ClassificationTask<'m> {
     }
 }
 
-impl Objective<f32> for ClassificationTask<'_> {
-    type Batch = LabelledBatch;
+impl<M: TextClassifier> Objective<f32> for ClassificationTask<'_, M> {
+    type Batch = LabelledBatch<M::Input>;
 
     fn loss_jvp(
         &self,
-        batch: &LabelledBatch,
+        batch: &LabelledBatch<M::Input>,
         params: &Trainable<f32>,
         dirs: &Directions<f32>,
         dropout: Option<&DropoutKey>,
@@ -141,7 +187,7 @@ impl Objective<f32> for ClassificationTask<'_> {
     ) -> Result<LossJvp<f32>> {
         let out = self
             .model
-            .forward(&batch.input, Some(&batch.labels), params, dirs, dropout)?;
+            .classify(&batch.input, Some(&batch.labels), params, dirs, dropout)?;
         let ce = out.loss.expect("labels given");
         let mut exact = Vec::new();
         let (hw, hb) = self.model.head_params();
@@ -167,12 +213,12 @@ impl Objective<f32> for ClassificationTask<'_> {
         vec![w, b]
     }
 
-    fn batch_len(&self, batch: &LabelledBatch) -> usize {
+    fn batch_len(&self, batch: &LabelledBatch<M::Input>) -> usize {
         batch.labels.len()
     }
 }
 
-impl FederatedTask<f32> for ClassificationTask<'_> {
+impl<M: TextClassifier> FederatedTask<f32> for ClassificationTask<'_, M> {
     fn n_clients(&self) -> usize {
         self.client_train.len()
     }
@@ -182,7 +228,7 @@ impl FederatedTask<f32> for ClassificationTask<'_> {
         client: usize,
         round: u64,
         batch_size: usize,
-    ) -> Result<Vec<LabelledBatch>> {
+    ) -> Result<Vec<LabelledBatch<M::Input>>> {
         let mut idx = self
             .client_train
             .get(client)
@@ -201,13 +247,13 @@ impl FederatedTask<f32> for ClassificationTask<'_> {
 
     fn loss_and_outputs(
         &self,
-        batch: &LabelledBatch,
+        batch: &LabelledBatch<M::Input>,
         params: &Trainable<f32>,
     ) -> Result<(f64, Option<Vec<f64>>)> {
         let none = Directions::none(params.len());
         let out = self
             .model
-            .forward(&batch.input, Some(&batch.labels), params, &none, None)?;
+            .classify(&batch.input, Some(&batch.labels), params, &none, None)?;
         let loss = out.loss.expect("labels given").loss as f64;
         Ok((loss, Some(out.logits.iter().map(|&v| v as f64).collect())))
     }
@@ -219,160 +265,4 @@ impl FederatedTask<f32> for ClassificationTask<'_> {
             .ok_or_else(|| Error::invalid("ClassificationTask", format!("no client {client}")))?;
         self.eval_on(&self.train, idx, params)
     }
-}
-
-/// A next-token batch: ids, labels (`-100` on padding) and the key mask `[B, T]`.
-pub struct LmBatch {
-    /// Token ids.
-    pub ids: Array2<u32>,
-    /// Next-token labels aligned with `ids` (Hugging Face convention).
-    pub labels: Array2<i64>,
-    /// Key mask (true = real token).
-    pub mask: Array2<bool>,
-}
-
-/// Causal-LM finetuning over federated shards of fixed-length token sequences.
-pub struct LanguageModelTask<'m> {
-    /// The model.
-    pub model: &'m Llama<f32>,
-    /// Training sequences (each of the same length).
-    pub train: Vec<Vec<u32>>,
-    /// Held-out sequences.
-    pub test: Vec<Vec<u32>>,
-    /// Training sequence indices per client.
-    pub client_train: Partition,
-    /// Seed of the per-round shuffles.
-    pub seed: u64,
-}
-
-impl LanguageModelTask<'_> {
-    /// Stacks sequences into a batch (all sequences must have the same length).
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] if lengths differ.
-    pub fn batch(seqs: &[&Vec<u32>]) -> Result<LmBatch> {
-        let t = seqs.first().map_or(0, |s| s.len());
-        let mut ids = Array2::<u32>::zeros((seqs.len(), t));
-        for (b, s) in seqs.iter().enumerate() {
-            if s.len() != t {
-                return Err(Error::shape(
-                    "LanguageModelTask::batch",
-                    format!("[{t}] tokens"),
-                    &[s.len()],
-                ));
-            }
-            ids.row_mut(b)
-                .assign(&ndarray::ArrayView1::from(s.as_slice()));
-        }
-        Ok(LmBatch {
-            labels: ids.mapv(|v| v as i64),
-            mask: Array2::from_elem(ids.dim(), true),
-            ids,
-        })
-    }
-
-    /// Mean next-token NLL over `seqs` (plain forward), in nats per predicted token.
-    ///
-    /// # Errors
-    /// Model errors.
-    pub fn nll(
-        &self,
-        seqs: &[Vec<u32>],
-        params: &Trainable<f32>,
-        batch: usize,
-    ) -> Result<Evaluation> {
-        let none = Directions::none(params.len());
-        let (mut sum, mut n) = (0.0f64, 0usize);
-        for chunk in seqs.chunks(batch.max(1)) {
-            let refs: Vec<&Vec<u32>> = chunk.iter().collect();
-            let b = Self::batch(&refs)?;
-            let ce = self.model.loss(
-                b.ids.view(),
-                b.labels.view(),
-                Some(b.mask.view()),
-                params,
-                &none,
-                None,
-            )?;
-            sum += ce.loss as f64 * ce.n_valid as f64;
-            n += ce.n_valid;
-        }
-        Ok(Evaluation {
-            loss: if n > 0 { sum / n as f64 } else { f64::NAN },
-            accuracy: None,
-            n,
-        })
-    }
-}
-
-impl Objective<f32> for LanguageModelTask<'_> {
-    type Batch = LmBatch;
-
-    fn loss_jvp(
-        &self,
-        batch: &LmBatch,
-        params: &Trainable<f32>,
-        dirs: &Directions<f32>,
-        dropout: Option<&DropoutKey>,
-        _exact_for: &[usize],
-    ) -> Result<LossJvp<f32>> {
-        let ce = self.model.loss(
-            batch.ids.view(),
-            batch.labels.view(),
-            Some(batch.mask.view()),
-            params,
-            dirs,
-            dropout,
-        )?;
-        Ok(LossJvp {
-            loss: ce.loss,
-            jvp: ce.jvp,
-            exact: Vec::<(usize, ArrayD<f32>)>::new(),
-        })
-    }
-
-    fn batch_len(&self, batch: &LmBatch) -> usize {
-        batch.ids.nrows()
-    }
-}
-
-impl FederatedTask<f32> for LanguageModelTask<'_> {
-    fn n_clients(&self) -> usize {
-        self.client_train.len()
-    }
-
-    fn train_batches(&self, client: usize, round: u64, batch_size: usize) -> Result<Vec<LmBatch>> {
-        let mut idx = self
-            .client_train
-            .get(client)
-            .ok_or_else(|| Error::invalid("LanguageModelTask", format!("no client {client}")))?
-            .clone();
-        KeyedRng::new(self.seed, Domain::Data, &[6, round, client as u64]).shuffle(&mut idx);
-        idx.chunks(batch_size.max(1))
-            .map(|c| Self::batch(&c.iter().map(|&i| &self.train[i]).collect::<Vec<_>>()))
-            .collect()
-    }
-
-    fn evaluate(&self, params: &Trainable<f32>) -> Result<Evaluation> {
-        self.nll(&self.test, params, 4)
-    }
-
-    fn evaluate_client(&self, client: usize, params: &Trainable<f32>) -> Result<Evaluation> {
-        let seqs: Vec<Vec<u32>> = self
-            .client_train
-            .get(client)
-            .ok_or_else(|| Error::invalid("LanguageModelTask", format!("no client {client}")))?
-            .iter()
-            .map(|&i| self.train[i].clone())
-            .collect();
-        self.nll(&seqs, params, 4)
-    }
-}
-
-/// Cuts a token stream into consecutive sequences of `len` tokens (the tail is dropped).
-pub fn lm_sequences(tokens: &[u32], len: usize) -> Vec<Vec<u32>> {
-    tokens
-        .chunks_exact(len.max(1))
-        .map(|c| c.to_vec())
-        .collect()
 }
