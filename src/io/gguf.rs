@@ -20,7 +20,7 @@
 //! checkpoints and the flat data order is the row-major order of that shape.
 //!
 //! Dequantised types: F32, F16, BF16, Q8_0, Q4_0, Q4_1 (blocks of 32 along `ne[0]`; the block
-//! layouts are in `io::decode`). Matrices of the last five types can also be kept as stored,
+//! layouts are in `packed::decode`). Matrices of the last five types can also be kept as stored,
 //! [`GgufFile::tensor_packed`], and widened a tile at a time later (see [`PackedMatrix`]).
 
 use std::borrow::Cow;
@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, ArrayD, IxDyn};
 
 use super::decode;
-use super::packed::{PackedFormat, PackedMatrix};
 use super::weights::{Weights, check_finite};
+use crate::packed::{PackedFormat, PackedMatrix, decode as block};
 use crate::{Error, Result};
 
 const FORMAT: &str = "gguf";
@@ -552,6 +552,20 @@ impl fmt::Display for GgmlType {
             GgmlType::Other(tag) => write!(f, "ggml type {tag}"),
             known => write!(f, "{known:?}"),
         }
+    }
+}
+
+impl PackedFormat {
+    /// The packed format of a ggml type, if it is one of the five.
+    pub fn from_ggml(t: GgmlType) -> Option<Self> {
+        Some(match t {
+            GgmlType::F16 => PackedFormat::F16,
+            GgmlType::BF16 => PackedFormat::BF16,
+            GgmlType::Q8_0 => PackedFormat::Q8_0,
+            GgmlType::Q4_0 => PackedFormat::Q4_0,
+            GgmlType::Q4_1 => PackedFormat::Q4_1,
+            _ => return None,
+        })
     }
 }
 
@@ -1152,9 +1166,9 @@ impl GgufFile {
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => {
                 let mut out = vec![0.0f32; info.n_elements];
                 match info.ggml_type {
-                    GgmlType::Q8_0 => decode::q8_0_into(data, &mut out),
-                    GgmlType::Q4_0 => decode::q4_0_into(data, &mut out),
-                    _ => decode::q4_1_into(data, &mut out),
+                    GgmlType::Q8_0 => block::q8_0_into(data, &mut out),
+                    GgmlType::Q4_0 => block::q4_0_into(data, &mut out),
+                    _ => block::q4_1_into(data, &mut out),
                 }
                 out
             }
