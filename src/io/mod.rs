@@ -7,8 +7,9 @@
 //! - [`GgufFile`]: a GGUF v3 (and v2) reader with metadata and dequantisation of F32, F16, BF16,
 //!   Q8_0, Q4_0 and Q4_1 tensors; [`unpermute_rope_rows`] undoes llama.cpp's q/k row permutation.
 //! - [`PackedMatrix`]: a matrix kept in its stored format (F16, BF16, Q8_0, Q4_0, Q4_1), widened
-//!   a tile of rows at a time by the kernels. It lives in [`crate::packed`], a layer below the
-//!   kernels, and is re-exported here; [`GgufFile::tensor_packed`] produces it.
+//!   a tile of rows at a time by the kernels. It lives in [`crate::packed`], the layer the
+//!   kernels and `io` both build on, and is re-exported here; [`GgufFile::tensor_packed`]
+//!   produces it.
 //! - [`BertConfig`] / [`LlamaConfig`]: validated model hyper-parameters, from `config.json` or
 //!   (Llama) from GGUF metadata.
 //! - [`assets_dir`] / [`asset`]: where the real model files live (`$SPRY_ASSETS`, else
@@ -26,7 +27,7 @@ use crate::{Error, Result};
 pub mod config;
 mod decode;
 pub mod gguf;
-/// The packed-matrix layer, re-exported here where it used to live (its home is [`crate::packed`]).
+/// The packed-matrix layer [`crate::packed`], re-exported so that `io::packed::*` paths still work.
 pub use crate::packed;
 pub mod safetensors;
 pub mod weights;
