@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod metrics;
 pub mod models;
 pub mod modules;
+pub mod packed;
 pub mod parallel;
 pub mod rng;
 pub mod tasks;

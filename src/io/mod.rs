@@ -7,7 +7,9 @@
 //! - [`GgufFile`]: a GGUF v3 (and v2) reader with metadata and dequantisation of F32, F16, BF16,
 //!   Q8_0, Q4_0 and Q4_1 tensors; [`unpermute_rope_rows`] undoes llama.cpp's q/k row permutation.
 //! - [`PackedMatrix`]: a matrix kept in its stored format (F16, BF16, Q8_0, Q4_0, Q4_1), widened
-//!   a tile of rows at a time by the kernels.
+//!   a tile of rows at a time by the kernels. It lives in [`crate::packed`], the layer the
+//!   kernels and `io` both build on, and is re-exported here; [`GgufFile::tensor_packed`]
+//!   produces it.
 //! - [`BertConfig`] / [`LlamaConfig`]: validated model hyper-parameters, from `config.json` or
 //!   (Llama) from GGUF metadata.
 //! - [`assets_dir`] / [`asset`]: where the real model files live (`$SPRY_ASSETS`, else
@@ -25,16 +27,17 @@ use crate::{Error, Result};
 pub mod config;
 mod decode;
 pub mod gguf;
-pub mod packed;
+/// The packed-matrix layer [`crate::packed`], re-exported so that `io::packed::*` paths still work.
+pub use crate::packed;
 pub mod safetensors;
 pub mod weights;
 
+pub use crate::packed::{PackedFormat, PackedMatrix};
 pub use config::{Activation, BertConfig, LlamaConfig};
 pub use gguf::{
     GgmlType, GgufArray, GgufFile, GgufTensorInfo, GgufValue, GgufValueType, unpermute_rope_rows,
     unpermute_rope_rows_packed,
 };
-pub use packed::{PackedFormat, PackedMatrix};
 pub use safetensors::{load_safetensors, save_safetensors};
 pub use weights::{SkippedTensor, Weights};
 

@@ -10,7 +10,7 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView2, s};
 
 use crate::Float;
-use crate::io::PackedMatrix;
+use crate::packed::PackedMatrix;
 
 /// A frozen weight `[rows, cols]` (a linear weight `[out, in]`, an embedding table
 /// `[vocab, H]`).

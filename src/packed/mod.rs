@@ -13,13 +13,18 @@
 //! | Q8_0 | 32 | 34 | 3.8 |
 //! | Q4_0 | 32 | 18 | 7.1 |
 //! | Q4_1 | 32 | 20 | 6.4 |
+//!
+//! This layer sits between `dual`/`float` and `kernels`: the kernels read packed weights
+//! (`kernels::FrozenWeight`) and the `io` readers produce them, so it depends on neither.
+//! The block decoders (`decode.rs`) are the one implementation of each format, also used by the
+//! GGUF reader to dequantise whole tensors.
+
+pub(crate) mod decode;
 
 use std::fmt;
 
 use ndarray::Array2;
 
-use super::decode;
-use super::gguf::GgmlType;
 use crate::{Error, Float, Result};
 
 /// The storage format of a [`PackedMatrix`].
@@ -48,18 +53,6 @@ impl PackedFormat {
             PackedFormat::Q4_1 => (decode::QK, 20),
         }
     }
-
-    /// The packed format of a ggml type, if it is one of the five.
-    pub fn from_ggml(t: GgmlType) -> Option<Self> {
-        Some(match t {
-            GgmlType::F16 => PackedFormat::F16,
-            GgmlType::BF16 => PackedFormat::BF16,
-            GgmlType::Q8_0 => PackedFormat::Q8_0,
-            GgmlType::Q4_0 => PackedFormat::Q4_0,
-            GgmlType::Q4_1 => PackedFormat::Q4_1,
-            _ => return None,
-        })
-    }
 }
 
 impl fmt::Display for PackedFormat {
@@ -72,7 +65,7 @@ impl fmt::Display for PackedFormat {
 ///
 /// ```
 /// # fn main() -> spry::Result<()> {
-/// use spry::io::{PackedFormat, PackedMatrix};
+/// use spry::packed::{PackedFormat, PackedMatrix};
 /// // one Q8_0 row: scale 0.5 (f16 0x3800), q = 0, 1, .., 31
 /// let mut bytes = vec![0x00, 0x38];
 /// bytes.extend((0..32).map(|q| q as u8));
@@ -167,7 +160,8 @@ impl PackedMatrix {
     }
 
     /// Widens rows `start..start + n` into `out`, `n = out.len() / cols`, row-major: exactly the
-    /// values [`GgufFile::tensor_f32`](super::GgufFile::tensor_f32) gives, widened to `F`.
+    /// values the GGUF reader's `GgufFile::tensor_f32` gives (the same block decoders), widened
+    /// to `F`.
     ///
     /// # Shapes
     /// - `out`: `n · cols` values

@@ -1,0 +1,321 @@
+//! [`GgufFile`]: opening and parsing a GGUF file (magic, version, metadata, alignment, tensor
+//! infos) and checking that every tensor's data lies inside the file, plus the accessors of what
+//! was parsed. Reading the tensors out is in `data.rs`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::format_error;
+use super::reader::Reader;
+use super::tensor::{GgmlType, GgufTensorInfo};
+use super::value::GgufValue;
+use crate::{Error, Result};
+
+const MAGIC: &[u8; 4] = b"GGUF";
+/// `general.alignment` when the key is absent.
+pub const DEFAULT_ALIGNMENT: usize = 32;
+/// ggml's `GGML_MAX_DIMS`.
+const MAX_DIMS: u32 = 4;
+
+/// A parsed GGUF file: header, metadata, tensor infos, and the raw bytes to dequantise from.
+///
+/// [`GgufFile::open`] reads the whole file into memory (memory mapping would need `unsafe`);
+/// [`GgufFile::open_lazy`] keeps only the header and reads each tensor's bytes from the file when
+/// it is taken, so a loader copying tensors out never holds the raw file beside its copies.
+/// Tensors are dequantised on demand by [`GgufFile::tensor_f32`], or all at once by
+/// [`GgufFile::load_all`], or kept packed by [`GgufFile::tensor_packed`].
+///
+/// ```no_run
+/// # fn main() -> spry::Result<()> {
+/// use spry::io::{GgufFile, LlamaConfig, asset};
+/// let gguf = GgufFile::open(asset("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")?)?;
+/// let config = LlamaConfig::from_gguf(&gguf)?;
+/// let weights = gguf.load_all()?;
+/// let emb = weights.get2("token_embd.weight", [config.vocab_size, config.hidden_size])?;
+/// # Ok(()) }
+/// ```
+pub struct GgufFile {
+    pub(super) path: PathBuf,
+    /// The whole file, or (lazy) only its header: `..data_start`.
+    pub(super) bytes: Vec<u8>,
+    /// Whether `bytes` holds the tensor data (else it is read from `path` on demand).
+    pub(super) data_in_memory: bool,
+    version: u32,
+    alignment: usize,
+    pub(super) data_start: usize,
+    metadata: Vec<(String, GgufValue)>,
+    metadata_index: HashMap<String, usize>,
+    pub(super) tensors: Vec<GgufTensorInfo>,
+    tensor_index: HashMap<String, usize>,
+}
+
+impl fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("bytes", &self.bytes.len())
+            .field("data_in_memory", &self.data_in_memory)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl GgufFile {
+    /// Reads and parses a GGUF file (tensor data is dequantised later, on demand).
+    ///
+    /// # Errors
+    /// - [`Error::Io`] if the file cannot be read.
+    /// - [`Error::Format`] on a bad magic, a version other than 2 or 3, a truncated header,
+    ///   metadata or string, a count or length larger than the rest of the file, an unknown value
+    ///   type, a non-UTF-8 string, a duplicate key or tensor name, an invalid `general.alignment`,
+    ///   more than 4 dimensions, a row length (`ne[0]`) that is not a multiple of the type's
+    ///   block size, a misaligned tensor offset, or tensor data beyond the end of the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// Reads and parses a GGUF file like [`GgufFile::open`], then keeps only its header
+    /// (metadata and tensor infos) in memory: each tensor's bytes are read from the file when the
+    /// tensor is taken. The raw file is resident only while it is parsed, never beside the
+    /// tensors a loader copies out. The file must not change while the `GgufFile` is in use.
+    ///
+    /// # Errors
+    /// As [`GgufFile::open`]; taking a tensor later may also give [`Error::Io`].
+    pub fn open_lazy(path: impl AsRef<Path>) -> Result<Self> {
+        let mut file = Self::open(path)?;
+        file.bytes.truncate(file.data_start.min(file.bytes.len()));
+        file.bytes.shrink_to_fit();
+        file.data_in_memory = false;
+        Ok(file)
+    }
+
+    /// Parses GGUF bytes already in memory; `path` only labels the errors.
+    ///
+    /// # Errors
+    /// As [`GgufFile::open`], without the I/O.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        let path = path.into();
+        let mut r = Reader {
+            buf: &bytes,
+            pos: 0,
+            path: &path,
+        };
+        let magic = r.take(4, "magic")?;
+        if magic != MAGIC {
+            return Err(r.error(format!("bad magic {magic:02x?}, expected \"GGUF\"")));
+        }
+        let version = r.u32("version")?;
+        if !(version == 2 || version == 3) {
+            let hint = if version.swap_bytes() <= 3 {
+                " (a big-endian file?)"
+            } else {
+                ""
+            };
+            return Err(r.error(format!(
+                "unsupported version {version}{hint}: only GGUF v3 (and v2) are read"
+            )));
+        }
+        // Minimal encodings: tensor info = name length + n_dims + type + offset; key/value =
+        // key length + type + 1-byte value.
+        let n_tensors = r.u64("tensor count")?;
+        let n_kv = r.count(8 + 4 + 1, "metadata count")?;
+
+        let mut metadata = Vec::with_capacity(n_kv);
+        let mut metadata_index = HashMap::with_capacity(n_kv);
+        for i in 0..n_kv {
+            let key = r.string(&format!("metadata key {i}"))?;
+            let ty = r.value_type(&format!("type of `{key}`"))?;
+            let value = r.value(ty, &key)?;
+            if metadata_index.insert(key.clone(), i).is_some() {
+                return Err(r.error(format!("duplicate metadata key `{key}`")));
+            }
+            metadata.push((key, value));
+        }
+
+        let alignment = match metadata_index.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(&i) => match metadata[i].1 {
+                GgufValue::U32(a) if a.is_power_of_two() => a as usize,
+                ref other => {
+                    return Err(r.error(format!(
+                        "general.alignment must be a u32 power of two, got {other:?}"
+                    )));
+                }
+            },
+        };
+
+        let infos_at = r.pos;
+        let fits = usize::try_from(n_tensors)
+            .ok()
+            .and_then(|n| n.checked_mul(8 + 4 + 4 + 8))
+            .is_some_and(|b| b <= r.remaining());
+        if !fits {
+            return Err(r.error(format!(
+                "tensor count {n_tensors} cannot fit in the {} bytes after the metadata \
+                 (offset {infos_at})",
+                r.remaining()
+            )));
+        }
+        let n_tensors = n_tensors as usize;
+        let mut tensors = Vec::with_capacity(n_tensors);
+        let mut tensor_index = HashMap::with_capacity(n_tensors);
+        for i in 0..n_tensors {
+            let name = r.string(&format!("name of tensor {i}"))?;
+            let n_dims = r.u32(&format!("dimension count of `{name}`"))?;
+            if n_dims > MAX_DIMS {
+                return Err(r.error(format!(
+                    "tensor `{name}` has {n_dims} dimensions, at most {MAX_DIMS} allowed"
+                )));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                let d = r.u64(&format!("dimensions of `{name}`"))?;
+                let d = usize::try_from(d)
+                    .map_err(|_| r.error(format!("tensor `{name}`: dimension {d} too large")))?;
+                dims.push(d);
+            }
+            let ggml_type = GgmlType::from_tag(r.u32(&format!("type of `{name}`"))?);
+            let offset = r.u64(&format!("offset of `{name}`"))?;
+            let n_elements = dims
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| {
+                    r.error(format!(
+                        "tensor `{name}`: element count of dims {dims:?} overflows"
+                    ))
+                })?;
+            let n_bytes = match ggml_type.block_layout() {
+                None => None,
+                Some((block, block_bytes)) => {
+                    let row = dims.first().copied().unwrap_or(1);
+                    if !row.is_multiple_of(block) {
+                        return Err(r.error(format!(
+                            "tensor `{name}` ({ggml_type}): row length {row} (element count \
+                             {n_elements}) is not a multiple of the block size {block}"
+                        )));
+                    }
+                    Some(
+                        (n_elements / block)
+                            .checked_mul(block_bytes)
+                            .ok_or_else(|| {
+                                r.error(format!("tensor `{name}`: byte size overflows"))
+                            })?,
+                    )
+                }
+            };
+            if !offset.is_multiple_of(alignment as u64) {
+                return Err(r.error(format!(
+                    "tensor `{name}`: offset {offset} is not a multiple of the alignment \
+                     {alignment}"
+                )));
+            }
+            if tensor_index.insert(name.clone(), i).is_some() {
+                return Err(r.error(format!("duplicate tensor name `{name}`")));
+            }
+            dims.reverse();
+            tensors.push(GgufTensorInfo {
+                name,
+                shape: dims,
+                ggml_type,
+                offset,
+                n_elements,
+                n_bytes,
+            });
+        }
+
+        let data_start = r.pos.next_multiple_of(alignment);
+        let file_len = bytes.len();
+        for t in &tensors {
+            let Some(n_bytes) = t.n_bytes else { continue };
+            let end = usize::try_from(t.offset)
+                .ok()
+                .and_then(|o| data_start.checked_add(o))
+                .and_then(|s| s.checked_add(n_bytes));
+            if end.is_none_or(|end| end > file_len) {
+                return Err(format_error(
+                    &path,
+                    format!(
+                        "tensor `{}`: {} bytes of data at offset {} (+ data start {data_start}) \
+                         run beyond the end of the file ({file_len} bytes)",
+                        t.name, n_bytes, t.offset
+                    ),
+                ));
+            }
+        }
+
+        Ok(GgufFile {
+            path,
+            bytes,
+            data_in_memory: true,
+            version,
+            alignment,
+            data_start,
+            metadata,
+            metadata_index,
+            tensors,
+            tensor_index,
+        })
+    }
+
+    /// The file the data came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The format version (3, or 2).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The data alignment (`general.alignment`, default 32).
+    pub fn alignment(&self) -> usize {
+        self.alignment
+    }
+
+    /// Byte offset of the tensor data section in the file.
+    pub fn data_start(&self) -> usize {
+        self.data_start
+    }
+
+    /// The metadata value of `key`, if present.
+    pub fn metadata(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata_index.get(key).map(|&i| &self.metadata[i].1)
+    }
+
+    /// All metadata key/values, in file order.
+    pub fn metadata_iter(&self) -> impl Iterator<Item = (&str, &GgufValue)> {
+        self.metadata.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The info of tensor `name`.
+    ///
+    /// # Errors
+    /// [`Error::MissingTensor`] if there is no such tensor.
+    pub fn tensor_info(&self, name: &str) -> Result<&GgufTensorInfo> {
+        self.tensor_index
+            .get(name)
+            .map(|&i| &self.tensors[i])
+            .ok_or_else(|| Error::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_owned(),
+            })
+    }
+
+    /// All tensor infos, in file order.
+    pub fn tensor_infos(&self) -> &[GgufTensorInfo] {
+        &self.tensors
+    }
+
+    /// Total element count of all tensors (the parameter count of a model file).
+    pub fn n_params(&self) -> usize {
+        self.tensors.iter().map(|t| t.n_elements).sum()
+    }
+}
