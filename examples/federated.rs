@@ -26,31 +26,9 @@ use spry::tasks::ClassificationTask;
 use spry::tokenizer::TokenizerOptions;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum MethodArg {
-    Spry,
-    Fedmezo,
-    Fedfgd,
-    /// Adapters frozen, the head on its exact gradient: a federated linear probe.
-    HeadOnly,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
 enum EvalArg {
     Val,
     Test,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum CommArg {
-    PerEpoch,
-    PerIteration,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum PlannerArg {
-    Reference,
-    Reshuffle,
-    Depth,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -60,12 +38,6 @@ enum ServerArg {
     Fedyogi,
     Fedadam,
     Fedadagrad,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum HeadGradArg {
-    Exact,
-    Forward,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -84,11 +56,12 @@ enum PoolingArg {
 /// Federated finetuning of MiniLM on rt_polarity with Spry or a baseline.
 #[derive(Parser, Debug)]
 struct Args {
-    /// Training method.
-    #[arg(long, value_enum, default_value = "spry")]
-    method: MethodArg,
+    /// Training method: `spry`, `fedmezo`, `fedfgd`, or `head-only` (adapters frozen, the head
+    /// on its exact gradient: a federated linear probe).
+    #[arg(long, default_value = "spry")]
+    method: Method,
     /// Rounds (at most: `--time-budget-s` stops the run after the round that crosses it).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = tuned().rounds)]
     rounds: u64,
     /// Stop after the round that crosses this many seconds of training (0 = no limit); the
     /// summary says where it stopped. The default keeps the whole run (loading, final
@@ -100,26 +73,26 @@ struct Args {
     clients: usize,
     /// Clients sampled per round (20: the round's average over label-skewed clients then
     /// swings half as much as with 10, for the same examples per minute).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = tuned().clients_per_round)]
     per_round: usize,
     /// Local epochs per round.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = tuned().client.local_epochs)]
     local_epochs: usize,
     /// Minibatch size.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = tuned().batch_size)]
     batch_size: usize,
     /// Maximum tokens per text.
     #[arg(long, default_value_t = 64)]
     max_len: usize,
     /// Tangent directions per step (one dual pass).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = tuned().client.k)]
     k: usize,
-    /// Communication mode.
-    #[arg(long, value_enum, default_value = "per-epoch")]
-    comm: CommArg,
-    /// Planner (Spry).
-    #[arg(long, value_enum, default_value = "depth")]
-    planner: PlannerArg,
+    /// Communication mode: `per-epoch` or `per-iteration` (K JVP scalars per step).
+    #[arg(long, default_value = "per-epoch")]
+    comm: CommMode,
+    /// Planner (Spry): `depth`, `reference` or `reshuffle`.
+    #[arg(long, default_value = "depth")]
+    planner: PlannerKind,
     /// Server optimizer. FedAvgM's momentum averages the pseudo-gradients of several rounds, so
     /// a round whose sampled clients share a skewed label mix moves the model less.
     #[arg(long, value_enum, default_value = "fedavgm")]
@@ -187,8 +160,8 @@ struct Args {
     #[arg(long)]
     head_lr: Option<f64>,
     /// Gradient of the classification head: exact (free, from the primal pass) or forward.
-    #[arg(long, value_enum, default_value = "exact")]
-    head_grad: HeadGradArg,
+    #[arg(long, default_value = "exact")]
+    head_grad: HeadGrad,
     /// Every client trains the head (cheap with an exact gradient), on top of its plan.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     head_to_all: bool,
@@ -237,6 +210,11 @@ struct Args {
     /// Assets folder (default: `$SPRY_ASSETS`, else `./assets` if present, else the per-user cache: `spry::io::assets_dir`).
     #[arg(long)]
     assets: Option<PathBuf>,
+}
+
+/// The library's recipe tuned for classification: the defaults of the flags above.
+fn tuned() -> SimConfig {
+    SimConfig::tuned_classifier(0)
 }
 
 fn main() {
@@ -323,34 +301,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let server = args.server_lr.map_or(server, |eta| server.with_eta(eta));
     let config = SimConfig {
-        method: match args.method {
-            MethodArg::Spry => Method::Spry,
-            MethodArg::Fedmezo => Method::FedMezo,
-            MethodArg::Fedfgd => Method::FedFgd,
-            MethodArg::HeadOnly => Method::HeadOnly,
-        },
+        method: args.method,
         clients_per_round: args.per_round,
         rounds: args.rounds,
         batch_size: args.batch_size,
-        comm: match args.comm {
-            CommArg::PerEpoch => CommMode::PerEpoch,
-            CommArg::PerIteration => CommMode::PerIteration,
-        },
-        planner: match args.planner {
-            PlannerArg::Reference => PlannerKind::Reference,
-            PlannerArg::Reshuffle => PlannerKind::Reshuffle,
-            PlannerArg::Depth => PlannerKind::Depth,
-        },
+        comm: args.comm,
+        planner: args.planner,
         server,
         client: ClientConfig {
             k: args.k,
             local_epochs: args.local_epochs,
             optimizer: LocalOptimizer::named(&args.optimizer, args.lr)?,
             head_optimizer: Some(LocalOptimizer::named(&args.head_optimizer, head_lr(&args))?),
-            head_grad: match args.head_grad {
-                HeadGradArg::Exact => HeadGrad::Exact,
-                HeadGradArg::Forward => HeadGrad::Forward,
-            },
+            head_grad: args.head_grad,
             perturbation: args.perturbation,
             directions: args.directions,
             lr_schedule: match args.lr_decay_rounds {
@@ -362,7 +325,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         seed: args.seed,
         eval_every: args.eval_every,
         workers: args.workers,
-        shared_units: if args.head_to_all || matches!(args.method, MethodArg::HeadOnly) {
+        shared_units: if args.head_to_all || args.method == Method::HeadOnly {
             tuned.shared_units.clone()
         } else {
             Vec::new()
@@ -447,9 +410,9 @@ const HEAD_LR_SPSA: f64 = 0.03;
 /// `--head-lr`, or its default for how the head is trained.
 fn head_lr(args: &Args) -> f64 {
     let default = match (args.method, args.head_grad) {
-        (MethodArg::Fedmezo, _) => HEAD_LR_SPSA,
-        (_, HeadGradArg::Exact) => 2.0,
-        (_, HeadGradArg::Forward) => HEAD_LR_FORWARD,
+        (Method::FedMezo, _) => HEAD_LR_SPSA,
+        (_, HeadGrad::Exact) => 2.0,
+        (_, HeadGrad::Forward) => HEAD_LR_FORWARD,
     };
     args.head_lr.unwrap_or(default)
 }

@@ -71,6 +71,27 @@
 //! PEFT folder) with [`modules::Directions::from_named`] / [`modules::Directions::from_trainable`].
 #![deny(missing_docs)]
 
+/// `FromStr` for a fieldless enum from its command-line spellings (`"b-only" => LoraBOnly`),
+/// with an [`Error::InvalidArgument`] that lists them.
+macro_rules! from_names {
+    ($ty:ident, $($name:literal => $variant:expr),+ $(,)?) => {
+        impl std::str::FromStr for $ty {
+            type Err = crate::Error;
+
+            /// The command-line spelling: one of the names listed in the error.
+            fn from_str(s: &str) -> crate::Result<Self> {
+                match s {
+                    $($name => Ok($variant),)+
+                    _ => Err(crate::Error::invalid(
+                        stringify!($ty),
+                        format!("{s:?}: expected one of {}", [$($name),+].join(", ")),
+                    )),
+                }
+            }
+        }
+    };
+}
+
 pub mod data;
 pub mod dual;
 pub mod error;

@@ -429,4 +429,15 @@ fn schemes_and_rules_parse_from_their_command_line_names() {
         Perturbation::BFirst
     );
     assert!("Guided".parse::<DirectionScheme>().is_err() && "b".parse::<Perturbation>().is_err());
+    use spry::federated::{CommMode, HeadGrad, Method, PlannerKind};
+    assert_eq!("head-only".parse::<Method>().unwrap(), Method::HeadOnly);
+    assert_eq!("fedmezo".parse::<Method>().unwrap(), Method::FedMezo);
+    assert_eq!("depth".parse::<PlannerKind>().unwrap(), PlannerKind::Depth);
+    assert_eq!(
+        "per-iteration".parse::<CommMode>().unwrap(),
+        CommMode::PerIteration
+    );
+    assert_eq!("forward".parse::<HeadGrad>().unwrap(), HeadGrad::Forward);
+    let err = "spray".parse::<Method>().unwrap_err().to_string();
+    assert!(err.contains("spry, fedmezo, fedfgd, head-only"), "{err}");
 }

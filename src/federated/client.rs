@@ -64,6 +64,8 @@ pub enum HeadGrad {
     Forward,
 }
 
+from_names!(HeadGrad, "exact" => HeadGrad::Exact, "forward" => HeadGrad::Forward);
+
 /// Local-training settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClientConfig {
@@ -214,22 +216,11 @@ pub enum Perturbation {
     BFirst,
 }
 
-impl std::str::FromStr for Perturbation {
-    type Err = crate::Error;
-
-    /// `all`, `b-only` or `b-first` (command-line spelling).
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "all" => Ok(Perturbation::All),
-            "b-only" => Ok(Perturbation::LoraBOnly),
-            "b-first" => Ok(Perturbation::BFirst),
-            _ => Err(crate::Error::invalid(
-                "Perturbation",
-                format!("{s:?}: expected all, b-only or b-first"),
-            )),
-        }
-    }
-}
+from_names!(Perturbation,
+    "all" => Perturbation::All,
+    "b-only" => Perturbation::LoraBOnly,
+    "b-first" => Perturbation::BFirst,
+);
 
 impl Perturbation {
     /// The tensors of `candidates` that carry directions under this rule, given the current

@@ -30,6 +30,8 @@ pub enum CommMode {
     PerIteration,
 }
 
+from_names!(CommMode, "per-epoch" => CommMode::PerEpoch, "per-iteration" => CommMode::PerIteration);
+
 /// Bytes moved in one round.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoundBytes {

@@ -70,22 +70,11 @@ pub enum DirectionScheme {
     Orthogonal,
 }
 
-impl std::str::FromStr for DirectionScheme {
-    type Err = crate::Error;
-
-    /// `gaussian`, `guided` or `orthogonal` (command-line spelling).
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "gaussian" => Ok(DirectionScheme::Gaussian),
-            "guided" => Ok(DirectionScheme::GuidedByLoraB),
-            "orthogonal" => Ok(DirectionScheme::Orthogonal),
-            _ => Err(crate::Error::invalid(
-                "DirectionScheme",
-                format!("{s:?}: expected gaussian, guided or orthogonal"),
-            )),
-        }
-    }
-}
+from_names!(DirectionScheme,
+    "gaussian" => DirectionScheme::Gaussian,
+    "guided" => DirectionScheme::GuidedByLoraB,
+    "orthogonal" => DirectionScheme::Orthogonal,
+);
 
 /// K directions on each parameter in `params` (the client's assigned tensors), symbolic zeros
 /// elsewhere: [`directions_with`] and [`DirectionScheme::Gaussian`].

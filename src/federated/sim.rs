@@ -113,6 +113,13 @@ pub enum Method {
     HeadOnly,
 }
 
+from_names!(Method,
+    "spry" => Method::Spry,
+    "fedmezo" => Method::FedMezo,
+    "fedfgd" => Method::FedFgd,
+    "head-only" => Method::HeadOnly,
+);
+
 /// Which planner splits the units (Spry only; the baselines train every unit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PlannerKind {
@@ -123,6 +130,12 @@ pub enum PlannerKind {
     /// Contiguous blocks, deepest first.
     Depth,
 }
+
+from_names!(PlannerKind,
+    "reference" => PlannerKind::Reference,
+    "reshuffle" => PlannerKind::Reshuffle,
+    "depth" => PlannerKind::Depth,
+);
 
 /// Everything that defines a run (saved in the checkpoint; a resume must use the same).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
