@@ -2,7 +2,7 @@
 //!
 //! - [`parallel_map`] / [`parallel_map_init`]: a work queue of items with results, used by the
 //!   federated simulation (clients) and the attention kernel (query blocks);
-//! - [`row_ranges`] / [`split_blocks`] / [`run`]: a kernel whose rows are independent
+//! - `row_ranges` / `split_blocks` / `run` (crate-internal): a kernel whose rows are independent
 //!   (activations, norms, copies) splits its rows into contiguous ranges and hands each range's
 //!   disjoint output slices to one thread.
 //!

@@ -248,7 +248,7 @@ pub fn train_test_split(
 /// are chosen on the validation split so the test set is never used for a choice.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) if `fraction` is outside `[0, 1)`.
+/// [`crate::Error::InvalidArgument`] if `fraction` is outside `[0, 1)`.
 pub fn holdout<T>(examples: Vec<T>, fraction: f64, seed: u64) -> crate::Result<(Vec<T>, Vec<T>)> {
     if !(0.0..1.0).contains(&fraction) {
         return Err(crate::Error::invalid(

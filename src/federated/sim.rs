@@ -209,7 +209,7 @@ impl Default for SimConfig {
 impl SimConfig {
     /// The recipe chosen on rt_polarity's validation split with MiniLM
     /// (`docs/FORWARD_GRADIENTS.md`) for a classifier whose head is unit `head_unit`
-    /// (for example [`crate::models::BertClassifier::head_unit`]):
+    /// (for example [`crate::models::bert::BertClassifier::head_unit`]):
     ///
     /// - the head is trained by every sampled client on its exact gradient (it costs one outer
     ///   product per step), the adapters are split among the clients by the depth-aware

@@ -17,7 +17,7 @@
 //!
 //! The loss is the mean of `ℓ_i` over the rows whose target is not the ignore index (ignored rows
 //! are dropped before any product), the jvp of direction k the mean of `ℓ̇_ki`: exactly
-//! [`cross_entropy`](super::cross_entropy) of the full logits, up to f32 rounding (the sums run in
+//! [`cross_entropy`](super::cross_entropy()) of the full logits, up to f32 rounding (the sums run in
 //! a different order). Memory: `chunk_rows × VOCAB_TILE × (1+K)` logits, plus a widened tile.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis, Ix2, s};
