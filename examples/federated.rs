@@ -5,8 +5,9 @@
 //! cargo run --release --example federated -- --out runs/spry
 //! cargo run --release --example federated -- --method fedmezo --out runs/mezo
 //! ```
-//! Writes `metrics.csv`, `accuracy.svg`, `checkpoint.json` (resumable with `--resume`) and
-//! `summary.json` to the output folder.
+//! Writes `metrics.csv`, `accuracy.svg`, `checkpoint.json` (resumable with `--resume`),
+//! `summary.json` and the trained adapter with its classification head in PEFT's format
+//! (`adapter/` at the end, `adapter-best/` for the best evaluated round) to the output folder.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,7 +22,7 @@ use spry::federated::{
 };
 use spry::models::bert::Pooling;
 use spry::models::pretrained::load_bert_classifier_dir;
-use spry::modules::{LoraConfig, parse_layers};
+use spry::modules::{LoraConfig, parse_layers, save_peft_adapter};
 use spry::tasks::ClassificationTask;
 use spry::tokenizer::TokenizerOptions;
 
@@ -363,21 +364,38 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let budget = args.time_budget_s;
     let metrics_path = args.out.join("metrics.csv");
     let mut csv = metrics_csv(&sim.history);
-    sim.run(&task, Some(&ckpt_path), |m| {
+    // the adapter of the best evaluated round goes to <out>/adapter-best as the run goes
+    let best_dir = args.out.join("adapter-best");
+    let mut best = sim
+        .history
+        .iter()
+        .filter_map(|m| m.test.and_then(|t| t.accuracy))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut save_error = None;
+    sim.run_with(&task, Some(&ckpt_path), |m, global| {
         csv.push_str(&m.csv_row());
         let _ = std::fs::write(&metrics_path, &csv);
-        let acc = m
-            .test
-            .and_then(|t| t.accuracy)
-            .map_or(String::new(), |a| format!("acc {:.2}%", 100.0 * a));
+        let acc = m.test.and_then(|t| t.accuracy);
+        if let Some(a) = acc.filter(|&a| a > best) {
+            best = a;
+            if let Err(e) = save_peft_adapter(&best_dir, &lora, global) {
+                save_error = Some(e);
+                return false;
+            }
+        }
+        let acc = acc.map_or(String::new(), |a| format!("acc {:.2}%", 100.0 * a));
         bar.set_message(format!("loss {:.4} {acc}", m.train_loss));
         bar.inc(1);
         budget <= 0.0 || m.wall_s < budget
     })?;
+    if let Some(e) = save_error {
+        return Err(e.into());
+    }
     bar.finish();
     // the last state is evaluated, and the last row of metrics.csv has that evaluation
     let last = sim.evaluate_last(&task)?;
     std::fs::write(&metrics_path, metrics_csv(&sim.history))?;
+    save_peft_adapter(&args.out.join("adapter"), &lora, &sim.global)?;
     plot(
         &args.out.join("accuracy.svg"),
         &sim.history,

@@ -1,6 +1,7 @@
 //! Spry next-token finetuning of SmolLM2-135M-Instruct (GGUF) on Hamlet: LoRA on q_proj/v_proj,
 //! forward gradients, federated over clients holding disjoint parts of the play. Reports the
-//! held-out next-token NLL before and after.
+//! held-out next-token NLL before and after, and writes the trained adapter in PEFT's format to
+//! `<out>/adapter` (`generate --adapter <out>/adapter` shows the finetuned model).
 //!
 //! ```text
 //! cargo run --release --example finetune_lm -- --rounds 4 --out runs/lm
@@ -16,7 +17,7 @@ use spry::federated::{
     Perturbation, PlannerKind, ServerOptimizer, SimConfig, Simulation,
 };
 use spry::models::pretrained::load_llama_gguf;
-use spry::modules::{LoraConfig, parse_layers};
+use spry::modules::{LoraConfig, parse_layers, save_peft_adapter};
 use spry::tasks::{LanguageModelTask, lm_sequences};
 
 /// Federated Spry finetuning of SmolLM2 on hamlet.txt.
@@ -260,6 +261,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ));
         std::fs::write(&metrics_path, &csv)?;
     }
+    // the trained adapter in PEFT's format (`generate --adapter` reads it)
+    save_peft_adapter(&args.out.join("adapter"), &lora, &sim.global)?;
     let (up, down) = sim
         .history
         .iter()

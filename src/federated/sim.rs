@@ -831,6 +831,20 @@ impl<F: Float> Simulation<F> {
         checkpoint: Option<&Path>,
         mut on_round: impl FnMut(&RoundMetrics) -> bool,
     ) -> Result<()> {
+        self.run_with(task, checkpoint, |m, _| on_round(m))
+    }
+
+    /// [`Simulation::run`] whose `on_round` also sees the global tensors after the round (to
+    /// save the adapter of the best evaluated round, for example).
+    ///
+    /// # Errors
+    /// As [`Simulation::run`].
+    pub fn run_with<T: FederatedTask<F>>(
+        &mut self,
+        task: &T,
+        checkpoint: Option<&Path>,
+        mut on_round: impl FnMut(&RoundMetrics, &Trainable<F>) -> bool,
+    ) -> Result<()> {
         let start = Instant::now();
         let offset = self.history.last().map_or(0.0, |m| m.wall_s);
         let mut diag_s = 0.0;
@@ -851,7 +865,7 @@ impl<F: Float> Simulation<F> {
             };
             diag_s += m.diagnostics.as_ref().map_or(0.0, |d| d.seconds);
             m.wall_s = offset + start.elapsed().as_secs_f64() - diag_s;
-            let keep_going = on_round(&m);
+            let keep_going = on_round(&m, &self.global);
             self.history.push(m);
             if let Some(p) = checkpoint {
                 self.save_checkpoint(p)?;
