@@ -16,7 +16,7 @@ use spry::kernels::{
     FrozenWeight, TILE_ROWS, VOCAB_TILE, cross_entropy, embedding, embedding_frozen, frozen_linear,
     frozen_linear_reference, linear, lm_head_cross_entropy,
 };
-use spry::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
+use spry::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Pass, Trainable};
 use spry::rng::{Domain, KeyedRng};
 use spry::{Dual, Error, Float};
 
@@ -339,12 +339,9 @@ fn packed_lora_layer_equals_dense_lora_layer_and_merges() {
         random_x::<f32>(inp, Some(2), 62),
     ] {
         for dropout in [None, Some(&key)] {
-            let got = packed
-                .forward(&x, &trainable, &dirs, &lora, dropout)
-                .unwrap();
-            let want = dense
-                .forward(&x, &trainable, &dirs, &lora, dropout)
-                .unwrap();
+            let pass = Pass::new(&trainable, &dirs, &lora, dropout);
+            let got = packed.forward(&x, &pass).unwrap();
+            let want = dense.forward(&x, &pass).unwrap();
             let close = |a: &ArrayD<f32>, b: &ArrayD<f32>| {
                 a.iter()
                     .zip(b)

@@ -23,7 +23,7 @@ use crate::kernels::{
     gelu_into, layer_norm, linear_dual, mean_pool, tanh,
 };
 use crate::modules::trainable::param_dual;
-use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
+use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Pass, Trainable};
 use crate::{Dual, Error, Float, Result};
 
 /// Prefix PEFT puts before every module path in an adapter file.
@@ -420,16 +420,16 @@ impl<F: Float> Bert<F> {
             causal: false,
         };
         let eps = cfg.layer_norm_eps;
-        let lora = &self.lora;
+        let pass = Pass::new(trainable, dirs, &self.lora, dropout);
         let mut x = self.embed(batch)?;
         for blk in &self.blocks {
             // attention sub-block: x = LN(x + O·Attn(Qx, Kx, Vx))
-            let q = blk.query.forward(&x, trainable, dirs, lora, dropout)?;
-            let k = blk.key.forward(&x, trainable, dirs, lora, dropout)?;
-            let v = blk.value.forward(&x, trainable, dirs, lora, dropout)?;
+            let q = blk.query.forward(&x, &pass)?;
+            let k = blk.key.forward(&x, &pass)?;
+            let v = blk.value.forward(&x, &pass)?;
             let a = attention(&q, &k, &v, Some(batch.mask.view()), &shape)?;
             drop((q, k, v));
-            let o = blk.attn_out.forward(&a, trainable, dirs, lora, dropout)?;
+            let o = blk.attn_out.forward(&a, &pass)?;
             // the residual is added into o's buffers (no new allocation)
             x = layer_norm(
                 &add_into(o, &x)?,
@@ -439,12 +439,8 @@ impl<F: Float> Bert<F> {
             )?;
             // feed-forward sub-block: x = LN(x + W2·GELU(W1x))
             // GELU scales the intermediate's tangents in place (no second [K, N, 4d] array)
-            let hdn = gelu_into(
-                blk.intermediate
-                    .forward(&x, trainable, dirs, lora, dropout)?,
-                self.act,
-            )?;
-            let o = blk.output.forward(&hdn, trainable, dirs, lora, dropout)?;
+            let hdn = gelu_into(blk.intermediate.forward(&x, &pass)?, self.act)?;
+            let o = blk.output.forward(&hdn, &pass)?;
             drop(hdn);
             x = layer_norm(
                 &add_into(o, &x)?,
@@ -508,7 +504,7 @@ impl<F: Float> Bert<F> {
     ) -> Result<Dual<F, Ix2>> {
         let first = first_token_pool(h)?;
         match &self.pooler {
-            Some(p) => tanh(&p.forward(&first, trainable, dirs, &self.lora, None)?),
+            Some(p) => tanh(&p.forward(&first, &Pass::new(trainable, dirs, &self.lora, None))?),
             None => Ok(first),
         }
     }

@@ -25,7 +25,7 @@ use crate::kernels::{
     AttentionShape, CrossEntropy, FrozenWeight, RopeLayout, RopeTable, add, attention,
     embedding_frozen, frozen_linear, lm_head_cross_entropy, rms_norm, rope, swiglu_into,
 };
-use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
+use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Pass, Trainable};
 use crate::{Dual, Error, Float, Result};
 
 struct Layer<F: Float> {
@@ -305,7 +305,7 @@ impl<F: Float> Llama<F> {
         let shape = self.attention_shape();
         let eps = self.config.rms_norm_eps;
         let (nh, nkv) = (shape.n_heads, shape.n_kv_heads);
-        let lora = &self.lora;
+        let pass = Pass::new(trainable, dirs, &self.lora, dropout);
         let offset = cache
             .as_ref()
             .map_or(0, |c| c.k.first().map_or(0, |k| k.shape()[1]));
@@ -314,20 +314,20 @@ impl<F: Float> Llama<F> {
             // attention: x = x + O·Attn(RoPE(Qh), RoPE(Kh), Vh)
             let hn = rms_norm(&x, layer.attn_norm.view(), eps)?;
             let q = rope(
-                &layer.q.forward(&hn, trainable, dirs, lora, dropout)?,
+                &layer.q.forward(&hn, &pass)?,
                 &self.rope,
                 nh,
                 offset,
                 RopeLayout::RotateHalf,
             )?;
             let mut k = rope(
-                &layer.k.forward(&hn, trainable, dirs, lora, dropout)?,
+                &layer.k.forward(&hn, &pass)?,
                 &self.rope,
                 nkv,
                 offset,
                 RopeLayout::RotateHalf,
             )?;
-            let mut v = layer.v.forward(&hn, trainable, dirs, lora, dropout)?;
+            let mut v = layer.v.forward(&hn, &pass)?;
             drop(hn);
             if let Some(c) = cache.as_deref_mut() {
                 // generation is a plain forward: the cache holds primals only
@@ -345,19 +345,16 @@ impl<F: Float> Llama<F> {
             }
             let a = attention(&q, &k, &v, key_mask, &shape)?;
             drop((q, k, v));
-            x = add(&x, &layer.o.forward(&a, trainable, dirs, lora, dropout)?)?;
+            x = add(&x, &layer.o.forward(&a, &pass)?)?;
             // feed-forward: x = x + Down(SiLU(Gate h) ⊙ Up h)
             let hn = rms_norm(&x, layer.ffn_norm.view(), eps)?;
-            let g = layer.gate.forward(&hn, trainable, dirs, lora, dropout)?;
-            let u = layer.up.forward(&hn, trainable, dirs, lora, dropout)?;
+            let g = layer.gate.forward(&hn, &pass)?;
+            let u = layer.up.forward(&hn, &pass)?;
             drop(hn);
             // the gate's tangents become the activation's in place
             let act = swiglu_into(g, &u)?;
             drop(u);
-            x = add(
-                &x,
-                &layer.down.forward(&act, trainable, dirs, lora, dropout)?,
-            )?;
+            x = add(&x, &layer.down.forward(&act, &pass)?)?;
         }
         rms_norm(&x, self.norm.view(), eps)
     }

@@ -4,7 +4,8 @@
 use ndarray::{Array, Array1, Array2, ArrayView, Dimension, Ix2};
 
 use super::lora::LoraConfig;
-use super::trainable::{Directions, Trainable, param_dual};
+use super::pass::Pass;
+use super::trainable::{Trainable, param_dual};
 use crate::kernels::{FrozenWeight, add_into, frozen_linear, linear_dual, lora_linear};
 use crate::rng::{Domain, KeyedRng};
 use crate::{Dual, Error, Float, Result};
@@ -92,7 +93,8 @@ impl<F: Float> FrozenLinear<F> {
         Ok(())
     }
 
-    /// Applies the layer (with its adapter, if any) to a dual activation.
+    /// Applies the layer (with its adapter, if any) to a dual activation, reading the adapter's
+    /// factors and their tangents from `pass` (with `pass.lora`'s scale and dropout).
     ///
     /// A dense weight with an adapter goes through [`lora_linear`]. A packed weight gives the
     /// base `x·Wᵀ + b` through [`frozen_linear`] (one widening per tile for the primal and all
@@ -105,21 +107,15 @@ impl<F: Float> FrozenLinear<F> {
     ///
     /// # Errors
     /// Shape and tangent-count errors of the kernels.
-    pub fn forward<D: Dimension>(
-        &self,
-        x: &Dual<F, D>,
-        trainable: &Trainable<F>,
-        dirs: &Directions<F>,
-        lora: &LoraConfig,
-        dropout: Option<&DropoutKey>,
-    ) -> Result<Dual<F, D>> {
+    pub fn forward<D: Dimension>(&self, x: &Dual<F, D>, pass: &Pass<'_, F>) -> Result<Dual<F, D>> {
         let bias = self.bias.as_ref().map(|b| b.view());
         let Some(slot) = self.adapter else {
             return frozen_linear(x, &self.weight, bias);
         };
-        let a = param_dual::<F, Ix2>(trainable, dirs, slot.a)?;
-        let b = param_dual::<F, Ix2>(trainable, dirs, slot.b)?;
-        let mask = match dropout {
+        let lora = pass.lora;
+        let a = param_dual::<F, Ix2>(pass.trainable, pass.dirs, slot.a)?;
+        let b = param_dual::<F, Ix2>(pass.trainable, pass.dirs, slot.b)?;
+        let mask = match pass.dropout {
             Some(key) if lora.lora_dropout > 0.0 => Some(dropout_mask::<F, D>(
                 x.primal().raw_dim(),
                 lora.lora_dropout,
