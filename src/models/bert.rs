@@ -15,6 +15,7 @@ use std::ops::Range;
 
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix1, Ix2, Ix3, s};
 
+use super::adapted::AdaptedModel;
 use super::microbatch::{DEFAULT_MAX_ROWS, map_micro_batches};
 use super::source::{WeightSource, take1, take2};
 use crate::io::{Activation, BertConfig};
@@ -26,8 +27,7 @@ use crate::modules::trainable::param_dual;
 use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Pass, Trainable};
 use crate::{Dual, Error, Float, Result};
 
-/// Prefix PEFT puts before every module path in an adapter file.
-pub const PEFT_PREFIX: &str = "base_model.model.";
+pub use super::adapted::PEFT_PREFIX;
 
 /// A batch of tokenised sentences.
 ///
@@ -264,12 +264,9 @@ impl<F: Float> Bert<F> {
     }
 
     /// The same encoder running [`Bert::encode`] in micro-batches of at most `max_rows` rows
-    /// (sequences × positions, at least one sequence; default
-    /// [`DEFAULT_MAX_ROWS`](super::microbatch::DEFAULT_MAX_ROWS)): a smaller budget lowers the
-    /// peak working memory of long batches, a larger one lets more rows share each GEMM.
-    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
-        self.max_rows = max_rows;
-        self
+    /// ([`AdaptedModel::with_max_rows`]).
+    pub fn with_max_rows(self, max_rows: usize) -> Self {
+        AdaptedModel::with_max_rows(self, max_rows)
     }
 
     /// The configuration.
@@ -287,47 +284,17 @@ impl<F: Float> Bert<F> {
         &self.path_prefix
     }
 
-    fn linears_mut(&mut self) -> impl Iterator<Item = &mut FrozenLinear<F>> {
-        self.blocks.iter_mut().flat_map(|b| {
-            [
-                &mut b.query,
-                &mut b.key,
-                &mut b.value,
-                &mut b.attn_out,
-                &mut b.intermediate,
-                &mut b.output,
-            ]
-        })
-    }
-
-    /// Whether any layer still carries a LoRA adapter (false after
-    /// [`merge_adapters`](Self::merge_adapters)).
+    /// Whether any layer still carries a LoRA adapter ([`AdaptedModel::has_adapters`]).
     pub fn has_adapters(&self) -> bool {
-        self.blocks.iter().any(|b| {
-            [
-                &b.query,
-                &b.key,
-                &b.value,
-                &b.attn_out,
-                &b.intermediate,
-                &b.output,
-            ]
-            .iter()
-            .any(|l| l.adapter.is_some())
-        })
+        AdaptedModel::has_adapters(self)
     }
 
-    /// Folds every LoRA adapter into its frozen weight (`W ← W + (α/r)·B·A`, see
-    /// [`FrozenLinear::merged_weight`]) and drops the adapters: the model then computes what it
-    /// computed with `trainable`'s adapter values, at the cost of the base model, and no longer
-    /// reads the registry's LoRA tensors (the registry itself is not changed).
+    /// Folds every LoRA adapter into its frozen weight ([`AdaptedModel::merge_adapters`]).
     ///
     /// # Errors
-    /// As [`FrozenLinear::check_adapter`] if `trainable` is not this model's registry; the model
-    /// is unchanged then.
+    /// As [`AdaptedModel::merge_adapters`]; the model is unchanged then.
     pub fn merge_adapters(&mut self, trainable: &Trainable<F>) -> Result<()> {
-        let lora = self.lora.clone();
-        crate::modules::linear::merge_all_adapters(self.linears_mut().collect(), trainable, &lora)
+        AdaptedModel::merge_adapters(self, trainable)
     }
 
     /// Embedding layer: `LN(E_word[ids] + E_pos[t] + E_type[type_ids])` (no tangent: frozen).
@@ -510,6 +477,48 @@ impl<F: Float> Bert<F> {
     }
 }
 
+impl<F: Float> AdaptedModel<F> for Bert<F> {
+    fn lora(&self) -> &LoraConfig {
+        &self.lora
+    }
+
+    fn linears(&self) -> Vec<&FrozenLinear<F>> {
+        self.blocks
+            .iter()
+            .flat_map(|b| {
+                [
+                    &b.query,
+                    &b.key,
+                    &b.value,
+                    &b.attn_out,
+                    &b.intermediate,
+                    &b.output,
+                ]
+            })
+            .collect()
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut FrozenLinear<F>> {
+        self.blocks
+            .iter_mut()
+            .flat_map(|b| {
+                [
+                    &mut b.query,
+                    &mut b.key,
+                    &mut b.value,
+                    &mut b.attn_out,
+                    &mut b.intermediate,
+                    &mut b.output,
+                ]
+            })
+            .collect()
+    }
+
+    fn set_max_rows(&mut self, max_rows: usize) {
+        self.max_rows = max_rows;
+    }
+}
+
 /// What a classifier pass returns.
 #[derive(Clone, Debug)]
 pub struct ClassifierOutput<F: Float> {
@@ -600,9 +609,8 @@ impl<F: Float> BertClassifier<F> {
 
     /// Runs the encoder in micro-batches of at most `max_rows` rows (see
     /// [`Bert::with_max_rows`]).
-    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
-        self.bert = self.bert.with_max_rows(max_rows);
-        self
+    pub fn with_max_rows(self, max_rows: usize) -> Self {
+        AdaptedModel::with_max_rows(self, max_rows)
     }
 
     /// The pooling in use.
@@ -621,7 +629,7 @@ impl<F: Float> BertClassifier<F> {
     /// # Errors
     /// As [`Bert::merge_adapters`].
     pub fn merge_adapters(&mut self, trainable: &Trainable<F>) -> Result<()> {
-        self.bert.merge_adapters(trainable)
+        AdaptedModel::merge_adapters(self, trainable)
     }
 
     /// Number of classes.
@@ -695,6 +703,24 @@ impl<F: Float> BertClassifier<F> {
             None,
         )?;
         Ok(argmax_rows(out.logits.view()))
+    }
+}
+
+impl<F: Float> AdaptedModel<F> for BertClassifier<F> {
+    fn lora(&self) -> &LoraConfig {
+        &self.bert.lora
+    }
+
+    fn linears(&self) -> Vec<&FrozenLinear<F>> {
+        self.bert.linears()
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut FrozenLinear<F>> {
+        self.bert.linears_mut()
+    }
+
+    fn set_max_rows(&mut self, max_rows: usize) {
+        self.bert.set_max_rows(max_rows);
     }
 }
 

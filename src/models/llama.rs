@@ -17,7 +17,7 @@
 
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix3, s};
 
-use super::bert::PEFT_PREFIX;
+use super::adapted::{AdaptedModel, PEFT_PREFIX};
 use super::microbatch::{DEFAULT_MAX_ROWS, map_micro_batches};
 use super::source::{WeightSource, take_frozen, take1};
 use crate::io::LlamaConfig;
@@ -164,12 +164,10 @@ impl<F: Float> Llama<F> {
     }
 
     /// The same model running passes without KV cache (loss, last logits) in micro-batches of
-    /// at most `max_rows` rows (sequences × positions, at least one sequence; default
-    /// [`DEFAULT_MAX_ROWS`](super::microbatch::DEFAULT_MAX_ROWS)): only one micro-batch's
+    /// at most `max_rows` rows ([`AdaptedModel::with_max_rows`]): only one micro-batch's
     /// activations exist at a time.
-    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
-        self.max_rows = max_rows;
-        self
+    pub fn with_max_rows(self, max_rows: usize) -> Self {
+        AdaptedModel::with_max_rows(self, max_rows)
     }
 
     /// The configuration.
@@ -204,41 +202,17 @@ impl<F: Float> Llama<F> {
             + layers
     }
 
-    fn linears_mut(&mut self) -> impl Iterator<Item = &mut FrozenLinear<F>> {
-        self.layers.iter_mut().flat_map(|l| {
-            [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.o,
-                &mut l.gate,
-                &mut l.up,
-                &mut l.down,
-            ]
-        })
-    }
-
-    /// Whether any projection still carries a LoRA adapter (false after
-    /// [`merge_adapters`](Self::merge_adapters)).
+    /// Whether any projection still carries a LoRA adapter ([`AdaptedModel::has_adapters`]).
     pub fn has_adapters(&self) -> bool {
-        self.layers.iter().any(|l| {
-            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                .iter()
-                .any(|p| p.adapter.is_some())
-        })
+        AdaptedModel::has_adapters(self)
     }
 
-    /// Folds every LoRA adapter into its frozen weight (`W ← W + (α/r)·B·A`, see
-    /// [`FrozenLinear::merged_weight`]) and drops the adapters: the model then computes what it
-    /// computed with `trainable`'s adapter values, at the cost of the base model, and no longer
-    /// reads the registry's LoRA tensors (the registry itself is not changed).
+    /// Folds every LoRA adapter into its frozen weight ([`AdaptedModel::merge_adapters`]).
     ///
     /// # Errors
-    /// As [`FrozenLinear::check_adapter`] if `trainable` is not this model's registry; the model
-    /// is unchanged then.
+    /// As [`AdaptedModel::merge_adapters`]; the model is unchanged then.
     pub fn merge_adapters(&mut self, trainable: &Trainable<F>) -> Result<()> {
-        let lora = self.lora.clone();
-        crate::modules::linear::merge_all_adapters(self.linears_mut().collect(), trainable, &lora)
+        AdaptedModel::merge_adapters(self, trainable)
     }
 
     fn head(&self) -> &FrozenWeight<F> {
@@ -478,5 +452,39 @@ impl<F: Float> Llama<F> {
             hidden = self.hidden(step.view(), None, trainable, &none, None, Some(&mut cache))?;
         }
         Ok(out)
+    }
+}
+
+impl<F: Float> AdaptedModel<F> for Llama<F> {
+    fn lora(&self) -> &LoraConfig {
+        &self.lora
+    }
+
+    fn linears(&self) -> Vec<&FrozenLinear<F>> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .collect()
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut FrozenLinear<F>> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                [
+                    &mut l.q,
+                    &mut l.k,
+                    &mut l.v,
+                    &mut l.o,
+                    &mut l.gate,
+                    &mut l.up,
+                    &mut l.down,
+                ]
+            })
+            .collect()
+    }
+
+    fn set_max_rows(&mut self, max_rows: usize) {
+        self.max_rows = max_rows;
     }
 }
