@@ -59,6 +59,11 @@ impl<F: Float> FrozenLinear<F> {
         self.weight.ncols()
     }
 
+    /// Bytes held by the weight (its elements or its packed blocks) and the bias.
+    pub fn n_bytes(&self) -> usize {
+        self.weight.n_bytes() + self.bias.as_ref().map_or(0, |b| b.len() * size_of::<F>())
+    }
+
     /// Registers a LoRA adapter for this layer in `trainable` if `lora` targets its path.
     /// Parameter names follow PEFT: `{prefix}{path}.lora_A.weight` / `.lora_B.weight`.
     ///
