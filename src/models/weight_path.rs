@@ -1,11 +1,11 @@
 //! [`WeightPath`]: a [`WeightSource`] seen from one module of the model, after candle's
-//! `VarBuilder`. A loader scopes the path one segment at a time (`vb.pp("encoder").pp("layer")
-//! .pp(l)`) and takes its tensors by their last name (`vb.vector("bias", h)`), so no loader spells
-//! a full tensor name, and every layer loads itself from the path it is handed.
+//! `VarBuilder`. A loader scopes the path a segment at a time (`vb.pp("encoder.layer")`, then
+//! `.pp(l)` for layer l) and takes its tensors by their last name (`vb.vector("bias", h)`), so no
+//! loader spells a full tensor name, and every layer loads itself from the path it is handed.
 //!
 //! ```text
-//! tensor name = root + path + "." + leaf      e.g. "bert." + "encoder.layer.0.attention.self.query" + ".weight"
-//! module path = path                          e.g. "encoder.layer.0.attention.self.query" (PEFT, LoRA targets)
+//! tensor name = root + path + "." + leaf  "bert." + "encoder.layer.0.output.dense" + ".weight"
+//! module path = path                      what LoRA targets match and PEFT names adapters after
 //! ```
 
 use std::fmt::Display;

@@ -35,7 +35,7 @@ pub struct DropoutKey {
 /// adapted by LoRA: `y = xWᵀ + b + s·(drop(x)Aᵀ)Bᵀ`.
 ///
 /// The weight is dense in `F` or packed in its stored format (f16, bf16, Q8_0, Q4_0, Q4_1); a
-/// packed weight is widened a tile at a time by [`frozen_linear`] and never held whole.
+/// packed weight is widened a tile at a time by [`frozen_linear()`] and never held whole.
 #[derive(Clone, Debug)]
 pub struct FrozenLinear<F: Float> {
     /// Dotted module path, e.g. `encoder.layer.0.attention.self.query`.
@@ -101,7 +101,7 @@ impl<F: Float> FrozenLinear<F> {
     /// Applies the layer (with its adapter, if any) to a dual activation, reading the adapter's
     /// factors and their tangents from `pass` (with `pass.lora`'s scale and dropout).
     ///
-    /// Without an adapter this is [`frozen_linear`]; with one, [`lora_frozen_linear`], the same
+    /// Without an adapter this is [`frozen_linear()`]; with one, [`lora_frozen_linear`], the same
     /// LoRA path for a dense and a packed weight: `y = x·Wᵀ + b + s·(x̃·Aᵀ)·Bᵀ`,
     /// `ẏ = ẋ·Wᵀ + s·[(x̃̇·Aᵀ + x̃·Ȧᵀ)·Bᵀ + (x̃·Aᵀ)·Ḃᵀ]`, `x̃ = x ⊙ mask`, where a packed `W` is
     /// widened a tile at a time (so a packed layer equals its widened twin bit for bit).

@@ -18,13 +18,13 @@ pub struct LayerNorm<F: Float> {
 }
 
 impl<F: Float> LayerNorm<F> {
-    /// Normalises `x` over its last axis ([`layer_norm`]); the tangents follow the kernel's JVP.
+    /// Normalises `x` over its last axis ([`layer_norm()`]); the tangents follow the kernel's JVP.
     ///
     /// # Shapes
     /// - `x`: `[.., H]` → `[.., H]`
     ///
     /// # Errors
-    /// As [`layer_norm`]: `x`'s last axis is not `H`.
+    /// As [`layer_norm()`]: `x`'s last axis is not `H`.
     pub fn forward<D: Dimension>(&self, x: &Dual<F, D>) -> Result<Dual<F, D>> {
         layer_norm(
             x,
@@ -50,13 +50,13 @@ pub struct RmsNorm<F: Float> {
 }
 
 impl<F: Float> RmsNorm<F> {
-    /// Normalises `x` over its last axis ([`rms_norm`]).
+    /// Normalises `x` over its last axis ([`rms_norm()`]).
     ///
     /// # Shapes
     /// - `x`: `[.., H]` → `[.., H]`
     ///
     /// # Errors
-    /// As [`rms_norm`]: `x`'s last axis is not `H`.
+    /// As [`rms_norm()`]: `x`'s last axis is not `H`.
     pub fn forward<D: Dimension>(&self, x: &Dual<F, D>) -> Result<Dual<F, D>> {
         rms_norm(x, self.weight.view(), self.eps)
     }

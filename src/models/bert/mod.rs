@@ -4,10 +4,10 @@
 //! sentence-transformers' all-MiniLM-L6-v2).
 //!
 //! ```text
-//! x = LN(E_word[ids] + E_pos[t] + E_type[type_ids])                         embeddings.rs
-//! per layer:  a = Attn(q(x), k(x), v(x), mask);  x = LN(x + o(a))           layer.rs
+//! x = LN(E_word[ids] + E_pos[t] + E_type[type_ids])                 embeddings.rs
+//! per layer:  a = Attn(q(x), k(x), v(x), mask);  x = LN(x + o(a))   layer.rs
 //!             x = LN(x + out(GELU(inter(x))))
-//! classifier: logits = W_c · tanh(W_p · x[:, 0] + b_p) + b_c                pooler.rs, classifier.rs
+//! classifier: logits = W_c · tanh(W_p · x[:, 0] + b_p) + b_c        pooler.rs, classifier.rs
 //! ```
 //! Any of the six linear layers of a block can carry a LoRA adapter (PEFT's suffix match on
 //! `query`, `key`, `value`, `attention.output.dense`, `intermediate.dense`, `output.dense`).
