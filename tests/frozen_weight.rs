@@ -7,16 +7,18 @@
 //!   f32: 1e-5), for every chunk size, with ignored rows and a vocabulary that is not a multiple of
 //!   the tile;
 //! - a `FrozenLinear` with a packed weight and a LoRA adapter (with dropout) equals the dense
-//!   layer up to rounding, and merging its adapter widens it to the dense merged weight.
+//!   layer up to rounding, and merging its adapter widens it to the dense merged weight;
+//! - `lora_frozen_linear` over a packed weight equals `lora_linear` over the widened one bit for
+//!   bit (one LoRA path for both storages).
 
 use half::{bf16, f16};
 use ndarray::{Array, Array1, Array2, Array3, ArrayD, Ix2, IxDyn};
 use spry::io::{PackedFormat, PackedMatrix};
 use spry::kernels::{
     FrozenWeight, TILE_ROWS, VOCAB_TILE, cross_entropy, embedding, embedding_frozen, frozen_linear,
-    frozen_linear_reference, linear, lm_head_cross_entropy,
+    frozen_linear_reference, linear, lm_head_cross_entropy, lora_frozen_linear, lora_linear,
 };
-use spry::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
+use spry::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Pass, Trainable};
 use spry::rng::{Domain, KeyedRng};
 use spry::{Dual, Error, Float};
 
@@ -339,12 +341,9 @@ fn packed_lora_layer_equals_dense_lora_layer_and_merges() {
         random_x::<f32>(inp, Some(2), 62),
     ] {
         for dropout in [None, Some(&key)] {
-            let got = packed
-                .forward(&x, &trainable, &dirs, &lora, dropout)
-                .unwrap();
-            let want = dense
-                .forward(&x, &trainable, &dirs, &lora, dropout)
-                .unwrap();
+            let pass = Pass::new(&trainable, &dirs, &lora, dropout);
+            let got = packed.forward(&x, &pass).unwrap();
+            let want = dense.forward(&x, &pass).unwrap();
             let close = |a: &ArrayD<f32>, b: &ArrayD<f32>| {
                 a.iter()
                     .zip(b)
@@ -364,5 +363,44 @@ fn packed_lora_layer_equals_dense_lora_layer_and_merges() {
     match &packed.weight {
         FrozenWeight::Dense(w) => assert_eq!(w, &merged),
         FrozenWeight::Packed(_) => panic!("merging must widen the packed weight"),
+    }
+}
+
+/// `lora_frozen_linear` is one LoRA path for both storages: over a packed weight it equals
+/// `lora_linear` over the widened matrix bit for bit (primal and K tangents, with dropout), for
+/// every format and an output count that is not a multiple of the tile.
+#[test]
+fn lora_frozen_linear_equals_lora_linear_on_the_widened_weight_bit_for_bit() {
+    let (out, inp, r, k) = (TILE_ROWS + 5, 64, 3, 2);
+    for (f, format) in FORMATS.into_iter().enumerate() {
+        let seed = 100 + 10 * f as u64;
+        let p = random_packed(format, out, inp, seed);
+        let dense = p.to_dense::<f32>();
+        let bias = Array1::from_shape_fn(out, |i| i as f32 * 0.01);
+        let dual2 = |shape: [usize; 2], s: u64| {
+            let p = random_array::<f32>(&shape, s)
+                .into_dimensionality()
+                .unwrap();
+            let t = random_array::<f32>(&[k, shape[0], shape[1]], s + 1)
+                .into_dimensionality()
+                .unwrap();
+            Dual::with_tangent(p, Some(t)).unwrap()
+        };
+        let (a, b) = (dual2([r, inp], seed + 2), dual2([out, r], seed + 4));
+        let x = random_x::<f32>(inp, Some(k), seed + 6);
+        let mask = Array3::from_shape_fn(x.primal().raw_dim(), |(i, j, c)| {
+            if (i + 3 * j + 7 * c) % 5 == 0 {
+                0.0
+            } else {
+                1.25
+            }
+        });
+        for m in [None, Some(mask.view())] {
+            let packed = FrozenWeight::Packed(p.clone());
+            let got = lora_frozen_linear(&x, &packed, Some(bias.view()), &a, &b, 0.5, m).unwrap();
+            let want = lora_linear(&x, dense.view(), Some(bias.view()), &a, &b, 0.5, m).unwrap();
+            assert_eq!(got.primal(), want.primal(), "{format:?}");
+            assert_eq!(got.tangent(), want.tangent(), "{format:?}");
+        }
     }
 }

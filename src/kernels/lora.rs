@@ -3,6 +3,8 @@
 //! - [`lora_linear`]: `y = x·Wᵀ + b + s·(x̃·Aᵀ)·Bᵀ` with `x̃ = x ⊙ mask`, where `W`, `b` are frozen
 //!   and `x`, `A`, `B` may each be dual or constant (a Spry client perturbs only its assigned
 //!   adapters; every other adapter is a constant).
+//! - [`lora_frozen_linear`]: the same over a [`FrozenWeight`], dense or packed (the base product
+//!   through [`frozen_linear`]): the one LoRA path of `FrozenLinear`, whatever its storage.
 //!
 //! The tangent is
 //!
@@ -21,6 +23,8 @@
 use ndarray::{Array2, ArrayView, ArrayView1, ArrayView2, Axis, Dimension, Ix2, s};
 
 use super::check;
+use super::frozen::FrozenWeight;
+use super::frozen_linear::frozen_linear;
 use super::gemm::{gemm_into, matmul_nt};
 use super::linear::linear;
 use crate::{Dual, Error, Float, Result, common_k};
@@ -57,9 +61,51 @@ pub fn lora_linear<F: Float, D: Dimension>(
     scale: F,
     dropout_mask: Option<ArrayView<'_, F, D>>,
 ) -> Result<Dual<F, D>> {
+    let base = |x: &Dual<F, D>| linear(x, w, bias);
+    lora_over(x, w.dim(), bias, base, a, b, scale, dropout_mask)
+}
+
+/// [`lora_linear`] over a [`FrozenWeight`], dense or packed: the same LoRA code path, with the
+/// base product `x·Wᵀ + b`, `ẋ·Wᵀ` taken by [`frozen_linear`] (a dense weight is [`linear`]
+/// itself, so this equals [`lora_linear`] bit for bit; a packed one is widened a tile at a time,
+/// each tile shared by the primal and all K tangents, with the same products bit for bit as the
+/// widened matrix).
+///
+/// # Shapes
+/// As [`lora_linear`], with `w`: `[out, in]`.
+///
+/// # Errors
+/// As [`lora_linear`].
+pub fn lora_frozen_linear<F: Float, D: Dimension>(
+    x: &Dual<F, D>,
+    w: &FrozenWeight<F>,
+    bias: Option<ArrayView1<'_, F>>,
+    a: &Dual<F, Ix2>,
+    b: &Dual<F, Ix2>,
+    scale: F,
+    dropout_mask: Option<ArrayView<'_, F, D>>,
+) -> Result<Dual<F, D>> {
+    let base = |x: &Dual<F, D>| frozen_linear(x, w, bias);
+    lora_over(x, w.dim(), bias, base, a, b, scale, dropout_mask)
+}
+
+/// The LoRA layer over any frozen base product: checks the shapes against `w_dim = (out, in)`,
+/// takes `y = x·Wᵀ + b`, `ẏ = ẋ·Wᵀ` from `base`, and adds the adapter branch and its tangents
+/// into them (the one LoRA code path of [`lora_linear`] and [`lora_frozen_linear`]).
+#[allow(clippy::too_many_arguments)]
+fn lora_over<F: Float, D: Dimension>(
+    x: &Dual<F, D>,
+    w_dim: (usize, usize),
+    bias: Option<ArrayView1<'_, F>>,
+    base: impl FnOnce(&Dual<F, D>) -> Result<Dual<F, D>>,
+    a: &Dual<F, Ix2>,
+    b: &Dual<F, Ix2>,
+    scale: F,
+    dropout_mask: Option<ArrayView<'_, F, D>>,
+) -> Result<Dual<F, D>> {
     const OP: &str = "lora_linear";
-    let (out_f, in_f) = w.dim();
-    let r = check_lora_shapes(OP, x, w, bias, a, b, dropout_mask.as_ref())?;
+    let (out_f, in_f) = w_dim;
+    let r = check_lora_shapes(OP, x, w_dim, bias, a, b, dropout_mask.as_ref())?;
     let k = common_k(OP, &[x.k(), a.k(), b.k()])?;
     let (ap, bp) = (a.primal().view(), b.primal().view());
     let n = x.primal_rows().nrows();
@@ -74,7 +120,7 @@ pub fn lora_linear<F: Float, D: Dimension>(
     };
 
     // Base: y[N, out] = x·Wᵀ + b and ẏ[K·N, out] = ẋ·Wᵀ (one stacked GEMM inside `linear`).
-    let (y, ty) = linear(x, w, bias)?.into_parts();
+    let (y, ty) = base(x)?.into_parts();
     let mut y = y
         .into_shape_with_order((n, out_f))
         .map_err(|_| Error::shape(OP, format!("[{n}, {out_f}]"), x.shape()))?;
@@ -182,13 +228,12 @@ pub fn lora_linear<F: Float, D: Dimension>(
 fn check_lora_shapes<F: Float, D: Dimension>(
     op: &'static str,
     x: &Dual<F, D>,
-    w: ArrayView2<'_, F>,
+    (out_f, in_f): (usize, usize),
     bias: Option<ArrayView1<'_, F>>,
     a: &Dual<F, Ix2>,
     b: &Dual<F, Ix2>,
     mask: Option<&ArrayView<'_, F, D>>,
 ) -> Result<usize> {
-    let (out_f, in_f) = w.dim();
     check::last_dim(op, x.shape(), in_f)?;
     if let Some(bias) = &bias {
         check::exact(op, bias.shape(), &[out_f])?;
@@ -219,7 +264,7 @@ pub fn lora_linear_reference<F: Float, D: Dimension>(
 ) -> Result<Dual<F, D>> {
     const OP: &str = "lora_linear_reference";
     let (out_f, in_f) = w.dim();
-    let r = check_lora_shapes(OP, x, w, bias, a, b, dropout_mask.as_ref())?;
+    let r = check_lora_shapes(OP, x, w.dim(), bias, a, b, dropout_mask.as_ref())?;
     let k = common_k(OP, &[x.k(), a.k(), b.k()])?;
     let xr = x.primal_rows();
     let n = xr.nrows();

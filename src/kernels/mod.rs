@@ -49,7 +49,7 @@ pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
 pub use lm_head_loss::{VOCAB_TILE, lm_head_cross_entropy};
-pub use lora::{lora_linear, lora_linear_reference};
+pub use lora::{lora_frozen_linear, lora_linear, lora_linear_reference};
 pub use pooling::{first_token_pool, first_token_pool_reference, mean_pool, mean_pool_reference};
 pub use rms_norm::{rms_norm, rms_norm_dual, rms_norm_dual_reference, rms_norm_reference};
 pub use rope::{RopeLayout, RopeTable, rope, rope_reference};

@@ -1,11 +1,12 @@
 //! A frozen linear layer that may carry a LoRA adapter; its weight may be dense or packed
 //! ([`FrozenWeight`]).
 
-use ndarray::{Array, Array1, Array2, ArrayView, Dimension, Ix2};
+use ndarray::{Array, Array1, Array2, Dimension, Ix2};
 
 use super::lora::LoraConfig;
-use super::trainable::{Directions, Trainable, param_dual};
-use crate::kernels::{FrozenWeight, add_into, frozen_linear, linear_dual, lora_linear};
+use super::pass::Pass;
+use super::trainable::{Trainable, param_dual};
+use crate::kernels::{FrozenWeight, frozen_linear, lora_frozen_linear};
 use crate::rng::{Domain, KeyedRng};
 use crate::{Dual, Error, Float, Result};
 
@@ -34,7 +35,7 @@ pub struct DropoutKey {
 /// adapted by LoRA: `y = xWᵀ + b + s·(drop(x)Aᵀ)Bᵀ`.
 ///
 /// The weight is dense in `F` or packed in its stored format (f16, bf16, Q8_0, Q4_0, Q4_1); a
-/// packed weight is widened a tile at a time by [`frozen_linear`] and never held whole.
+/// packed weight is widened a tile at a time by [`frozen_linear()`] and never held whole.
 #[derive(Clone, Debug)]
 pub struct FrozenLinear<F: Float> {
     /// Dotted module path, e.g. `encoder.layer.0.attention.self.query`.
@@ -56,6 +57,11 @@ impl<F: Float> FrozenLinear<F> {
     /// Input features.
     pub fn in_features(&self) -> usize {
         self.weight.ncols()
+    }
+
+    /// Bytes held by the weight (its elements or its packed blocks) and the bias.
+    pub fn n_bytes(&self) -> usize {
+        self.weight.n_bytes() + self.bias.as_ref().map_or(0, |b| b.len() * size_of::<F>())
     }
 
     /// Registers a LoRA adapter for this layer in `trainable` if `lora` targets its path.
@@ -92,34 +98,28 @@ impl<F: Float> FrozenLinear<F> {
         Ok(())
     }
 
-    /// Applies the layer (with its adapter, if any) to a dual activation.
+    /// Applies the layer (with its adapter, if any) to a dual activation, reading the adapter's
+    /// factors and their tangents from `pass` (with `pass.lora`'s scale and dropout).
     ///
-    /// A dense weight with an adapter goes through [`lora_linear`]. A packed weight gives the
-    /// base `x·Wᵀ + b` through [`frozen_linear`] (one widening per tile for the primal and all
-    /// tangents) plus the adapter branch `s·(x̃·Aᵀ)·Bᵀ` as two [`linear_dual`] products, whose
-    /// tangent is the same LoRA rule `s·[(x̃̇·Aᵀ + x̃·Ȧᵀ)·Bᵀ + (x̃·Aᵀ)·Ḃᵀ]` (equal to the dense path up
-    /// to f32 rounding: the rank-r sums run in another order).
+    /// Without an adapter this is [`frozen_linear()`]; with one, [`lora_frozen_linear`], the same
+    /// LoRA path for a dense and a packed weight: `y = x·Wᵀ + b + s·(x̃·Aᵀ)·Bᵀ`,
+    /// `ẏ = ẋ·Wᵀ + s·[(x̃̇·Aᵀ + x̃·Ȧᵀ)·Bᵀ + (x̃·Aᵀ)·Ḃᵀ]`, `x̃ = x ⊙ mask`, where a packed `W` is
+    /// widened a tile at a time (so a packed layer equals its widened twin bit for bit).
     ///
     /// # Shapes
     /// - `x`: `[.., in]` → `[.., out]`
     ///
     /// # Errors
     /// Shape and tangent-count errors of the kernels.
-    pub fn forward<D: Dimension>(
-        &self,
-        x: &Dual<F, D>,
-        trainable: &Trainable<F>,
-        dirs: &Directions<F>,
-        lora: &LoraConfig,
-        dropout: Option<&DropoutKey>,
-    ) -> Result<Dual<F, D>> {
+    pub fn forward<D: Dimension>(&self, x: &Dual<F, D>, pass: &Pass<'_, F>) -> Result<Dual<F, D>> {
         let bias = self.bias.as_ref().map(|b| b.view());
         let Some(slot) = self.adapter else {
             return frozen_linear(x, &self.weight, bias);
         };
-        let a = param_dual::<F, Ix2>(trainable, dirs, slot.a)?;
-        let b = param_dual::<F, Ix2>(trainable, dirs, slot.b)?;
-        let mask = match dropout {
+        let lora = pass.lora;
+        let a = param_dual::<F, Ix2>(pass.trainable, pass.dirs, slot.a)?;
+        let b = param_dual::<F, Ix2>(pass.trainable, pass.dirs, slot.b)?;
+        let mask = match pass.dropout {
             Some(key) if lora.lora_dropout > 0.0 => Some(dropout_mask::<F, D>(
                 x.primal().raw_dim(),
                 lora.lora_dropout,
@@ -129,22 +129,8 @@ impl<F: Float> FrozenLinear<F> {
             _ => None,
         };
         let scale = F::from_f64(lora.scale());
-        match &self.weight {
-            FrozenWeight::Dense(w) => lora_linear(
-                x,
-                w.view(),
-                bias,
-                &a,
-                &b,
-                scale,
-                mask.as_ref().map(|m| m.view()),
-            ),
-            FrozenWeight::Packed(_) => {
-                let base = frozen_linear(x, &self.weight, bias)?;
-                let branch = adapter_branch(x, &a, &b, scale, mask.as_ref().map(|m| m.view()))?;
-                add_into(base, &branch)
-            }
-        }
+        let mask = mask.as_ref().map(|m| m.view());
+        lora_frozen_linear(x, &self.weight, bias, &a, &b, scale, mask)
     }
 
     /// Checks that the adapter's tensors in `trainable` are matrices `A: [r, in]`, `B: [out, r]`
@@ -225,48 +211,6 @@ impl<F: Float> FrozenLinear<F> {
         );
         w
     }
-}
-
-/// The LoRA branch `s·(x̃·Aᵀ)·Bᵀ`, `x̃ = x ⊙ mask`, as two dual products: `h = x̃·Aᵀ` then
-/// `s·h·Bᵀ`, so the tangent is `s·[(x̃̇·Aᵀ + x̃·Ȧᵀ)·Bᵀ + h·Ḃᵀ]` (the same mask on every direction).
-///
-/// # Shapes
-/// - `x`: `[.., in]`, `a`: `[r, in]`, `b`: `[out, r]`, `mask`: the shape of `x`; output `[.., out]`
-///
-/// # Errors
-/// Shape and tangent-count errors of [`linear_dual`].
-fn adapter_branch<F: Float, D: Dimension>(
-    x: &Dual<F, D>,
-    a: &Dual<F, Ix2>,
-    b: &Dual<F, Ix2>,
-    scale: F,
-    mask: Option<ArrayView<'_, F, D>>,
-) -> Result<Dual<F, D>> {
-    const OP: &str = "FrozenLinear::adapter_branch";
-    // x̃ = x ⊙ mask, ẋ̃_k = ẋ_k ⊙ mask
-    let masked = match mask {
-        Some(m) => {
-            if m.shape() != x.shape() {
-                return Err(Error::shape(OP, format!("{:?}", x.shape()), m.shape()));
-            }
-            let p = x.primal() * &m;
-            let t = x.tangent().map(|t| {
-                let mut t = t.clone();
-                for mut tk in t.outer_iter_mut() {
-                    tk.zip_mut_with(&m, |v, &mv| *v *= mv);
-                }
-                t
-            });
-            Some(Dual::with_tangent(p, t)?)
-        }
-        None => None,
-    };
-    let xd = masked.as_ref().unwrap_or(x);
-    // h = x̃·Aᵀ, ḣ = x̃̇·Aᵀ + x̃·Ȧᵀ
-    let h = linear_dual(xd, a, None)?;
-    // s·h·Bᵀ, tangent s·(ḣ·Bᵀ + h·Ḃᵀ)
-    let (y, ty) = linear_dual(&h, b, None)?.into_parts();
-    Dual::with_tangent(y * scale, ty.map(|t| t * scale))
 }
 
 /// An inverted-dropout mask shaped like the activation: entries 0 with probability `p`, else

@@ -3,10 +3,14 @@
 
 pub mod linear;
 pub mod lora;
+pub mod norm;
+pub mod pass;
 pub mod peft;
 pub mod trainable;
 
 pub use linear::{AdapterSlot, DropoutKey, FrozenLinear};
 pub use lora::{LoraConfig, parse_layers};
+pub use norm::{LayerNorm, RmsNorm};
+pub use pass::Pass;
 pub use peft::{load_peft_adapter, load_peft_tensors, read_peft_config, save_peft_adapter};
 pub use trainable::{Directions, Trainable, Unit};

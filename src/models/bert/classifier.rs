@@ -1,0 +1,221 @@
+//! `BertForSequenceClassification` with LoRA: the encoder, its pooler (or mean pooling), and a
+//! trainable linear classifier registered as the last unit.
+//!
+//! ```text
+//! logits = W_c · pool(x) + b_c,   pool(x) = tanh(W_p · x[:, 0] + b_p)  or  Σ_t m_t·x_t / Σ_t m_t
+//! ```
+
+use ndarray::{Array1, Array2, Ix1, Ix2};
+
+use super::{Bert, BertBatch, PEFT_PREFIX};
+use crate::io::BertConfig;
+use crate::kernels::{CrossEntropy, cross_entropy, linear_dual, mean_pool};
+use crate::models::{AdaptedModel, WeightSource, argmax_rows};
+use crate::modules::trainable::param_dual;
+use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
+use crate::{Error, Float, Result};
+
+/// What a classifier pass returns.
+#[derive(Clone, Debug)]
+pub struct ClassifierOutput<F: Float> {
+    /// Logits `[B, C]`.
+    pub logits: Array2<F>,
+    /// Mean cross-entropy and its K JVP scalars (when labels were given).
+    pub loss: Option<CrossEntropy<F>>,
+    /// The head's input `[B, H]` (the pooled features), for exact head gradients.
+    pub features: Array2<F>,
+}
+
+/// How the classifier turns the last hidden state into the head's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Pooling {
+    /// BERT's pooler on the first token, `tanh(W_p·x[:, 0] + b_p)` (Hugging Face's
+    /// `BertForSequenceClassification`).
+    Pooler,
+    /// Mean over real tokens (how sentence-transformers models such as all-MiniLM-L6-v2 were
+    /// trained to be read).
+    Mean,
+}
+
+/// `BertForSequenceClassification` with LoRA: the encoder, its pooler, and a trainable linear
+/// classifier registered as the last unit (PEFT's `modules_to_save = ["classifier"]`).
+pub struct BertClassifier<F: Float> {
+    bert: Bert<F>,
+    pooling: Pooling,
+    n_labels: usize,
+    head_unit: usize,
+    head_weight: usize,
+    head_bias: usize,
+}
+
+impl<F: Float> BertClassifier<F> {
+    /// Loads the encoder, attaches LoRA adapters and a fresh classifier (`N(0, 0.02²)` weight,
+    /// zero bias, as Hugging Face initialises it), and returns the model with its initial
+    /// trainable parameters.
+    ///
+    /// # Errors
+    /// As [`Bert::load`]; [`Error::InvalidArgument`] if `n_labels` < 2.
+    pub fn load(
+        config: &BertConfig,
+        src: &mut dyn WeightSource,
+        lora: &LoraConfig,
+        n_labels: usize,
+        seed: u64,
+    ) -> Result<(Self, Trainable<F>)> {
+        if n_labels < 2 {
+            return Err(Error::invalid(
+                "BertClassifier::load",
+                format!("{n_labels} labels; need at least 2"),
+            ));
+        }
+        let mut trainable = Trainable::new();
+        let bert = Bert::load(config, src, lora, "bert.", seed, &mut trainable)?;
+        let h = config.hidden_size;
+        let mut rng = crate::rng::KeyedRng::new(seed, crate::rng::Domain::Init, &[u64::MAX]);
+        let mut w = Array2::<F>::zeros((n_labels, h));
+        w.iter_mut()
+            .for_each(|v| *v = F::from_f64(0.02 * rng.normal()));
+        let b = Array1::<F>::zeros(n_labels);
+        let unit = trainable.push_unit(
+            "classifier",
+            vec![
+                (format!("{PEFT_PREFIX}classifier.weight"), w.into_dyn()),
+                (format!("{PEFT_PREFIX}classifier.bias"), b.into_dyn()),
+            ],
+        )?;
+        let params = trainable.units()[unit].params.clone();
+        Ok((
+            BertClassifier {
+                bert,
+                pooling: Pooling::Pooler,
+                n_labels,
+                head_unit: unit,
+                head_weight: params.start,
+                head_bias: params.start + 1,
+            },
+            trainable,
+        ))
+    }
+
+    /// Uses `pooling` to read the encoder's output.
+    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
+    /// Runs the encoder in micro-batches of at most `max_rows` rows (see
+    /// [`Bert::with_max_rows`]).
+    pub fn with_max_rows(self, max_rows: usize) -> Self {
+        AdaptedModel::with_max_rows(self, max_rows)
+    }
+
+    /// The pooling in use.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// The encoder.
+    pub fn bert(&self) -> &Bert<F> {
+        &self.bert
+    }
+
+    /// Folds the encoder's LoRA adapters into its weights ([`Bert::merge_adapters`]); the
+    /// classifier stays in the registry.
+    ///
+    /// # Errors
+    /// As [`Bert::merge_adapters`].
+    pub fn merge_adapters(&mut self, trainable: &Trainable<F>) -> Result<()> {
+        AdaptedModel::merge_adapters(self, trainable)
+    }
+
+    /// Number of classes.
+    pub fn n_labels(&self) -> usize {
+        self.n_labels
+    }
+
+    /// Registry index of the classifier's unit (its weight and bias): the unit a federated run
+    /// shares with every client ([`crate::federated::SimConfig::tuned_classifier`]).
+    pub fn head_unit(&self) -> usize {
+        self.head_unit
+    }
+
+    /// Registry indices of the classifier's weight and bias.
+    pub fn head_params(&self) -> (usize, usize) {
+        (self.head_weight, self.head_bias)
+    }
+
+    /// One pass: logits, and with `labels` the mean cross-entropy plus one JVP scalar per
+    /// direction in `dirs` (none when `dirs` is empty: then this is the plain forward).
+    ///
+    /// # Errors
+    /// Batch/label shape errors; kernel errors.
+    pub fn forward(
+        &self,
+        batch: &BertBatch,
+        labels: Option<&[i64]>,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+        dropout: Option<&DropoutKey>,
+    ) -> Result<ClassifierOutput<F>> {
+        if let Some(l) = labels
+            && l.len() != batch.ids.nrows()
+        {
+            return Err(Error::shape(
+                "BertClassifier::forward",
+                format!("[{}] labels", batch.ids.nrows()),
+                &[l.len()],
+            ));
+        }
+        let h = self.bert.encode(batch, trainable, dirs, dropout)?;
+        let pooled = match self.pooling {
+            Pooling::Pooler => self.bert.pool(&h, trainable, dirs)?,
+            Pooling::Mean => mean_pool(&h, batch.mask.view())?,
+        };
+        drop(h);
+        let w = param_dual::<F, Ix2>(trainable, dirs, self.head_weight)?;
+        let b = param_dual::<F, Ix1>(trainable, dirs, self.head_bias)?;
+        let logits = linear_dual(&pooled, &w, Some(&b))?;
+        let loss = match labels {
+            Some(l) => Some(cross_entropy(&logits, l, -100)?),
+            None => None,
+        };
+        Ok(ClassifierOutput {
+            logits: logits.into_primal(),
+            loss,
+            features: pooled.into_primal(),
+        })
+    }
+
+    /// Predicted classes (argmax of the logits) for a batch, with the adapters as they are.
+    ///
+    /// # Errors
+    /// As [`BertClassifier::forward`].
+    pub fn predict(&self, batch: &BertBatch, trainable: &Trainable<F>) -> Result<Vec<usize>> {
+        let out = self.forward(
+            batch,
+            None,
+            trainable,
+            &Directions::none(trainable.len()),
+            None,
+        )?;
+        Ok(argmax_rows(out.logits.view()))
+    }
+}
+
+impl<F: Float> AdaptedModel<F> for BertClassifier<F> {
+    fn lora(&self) -> &LoraConfig {
+        self.bert.lora()
+    }
+
+    fn linears(&self) -> Vec<&FrozenLinear<F>> {
+        self.bert.linears()
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut FrozenLinear<F>> {
+        self.bert.linears_mut()
+    }
+
+    fn set_max_rows(&mut self, max_rows: usize) {
+        self.bert.set_max_rows(max_rows);
+    }
+}
