@@ -169,11 +169,12 @@ struct Args {
     /// Head input: mean of the token states (how MiniLM was trained) or BERT's pooler.
     #[arg(long, value_enum, default_value = "mean")]
     pooling: PoolingArg,
-    /// LoRA rank.
-    #[arg(long, default_value_t = 1)]
+    /// LoRA rank (`LoraConfig::tuned_classifier`'s 4: the best of 1, 2, 4, 8 on the validation
+    /// split).
+    #[arg(long, default_value_t = tuned_lora().r)]
     lora_r: usize,
-    /// LoRA α.
-    #[arg(long, default_value_t = 1.0)]
+    /// LoRA α (α = r: the update's scale α/r is 1).
+    #[arg(long, default_value_t = tuned_lora().lora_alpha)]
     lora_alpha: f64,
     /// LoRA target modules (PEFT suffix match), comma-separated; e.g. `query,key,value,dense`
     /// for every linear layer of the encoder.
@@ -218,6 +219,11 @@ fn tuned() -> SimConfig {
     SimConfig::tuned_classifier(0)
 }
 
+/// The library's adapters tuned for classification, for MiniLM's six layers.
+fn tuned_lora() -> LoraConfig {
+    LoraConfig::tuned_classifier(6)
+}
+
 fn main() {
     if let Err(e) = run(Args::parse()) {
         eprintln!("error: {e}");
@@ -238,16 +244,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     std::fs::create_dir_all(&args.out)?;
     let lora = LoraConfig {
-        modules_to_save: Some(vec!["classifier".into()]),
-        task_type: Some("SEQ_CLS".into()),
-        base_model_name_or_path: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
+        r: args.lora_r,
+        lora_alpha: args.lora_alpha,
+        target_modules: args.targets.clone(),
         layers_to_transform: parse_layers(&args.lora_layers)?,
-        ..LoraConfig::new(
-            args.lora_r,
-            args.lora_alpha,
-            0.0,
-            &args.targets.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
+        base_model_name_or_path: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
+        ..tuned_lora()
     };
     let opts = TokenizerOptions::default().with_max_len(args.max_len);
     let (model, initial, tokenizer) =

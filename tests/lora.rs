@@ -479,3 +479,19 @@ fn layer_lists_parse_as_a_command_line_spells_them() {
         assert!(parse_layers(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn the_tuned_classifier_adapters_sit_on_the_top_two_layers() {
+    use spry::modules::LoraConfig;
+    let cfg = LoraConfig::tuned_classifier(6);
+    cfg.validate().unwrap();
+    assert_eq!((cfg.r, cfg.lora_alpha, cfg.lora_dropout), (4, 4.0, 0.0));
+    assert_eq!(cfg.layers_to_transform, Some(vec![4, 5]));
+    assert!(cfg.targets("encoder.layer.5.attention.self.value"));
+    assert!(!cfg.targets("encoder.layer.3.attention.self.query"));
+    assert_eq!(cfg.modules_to_save, Some(vec!["classifier".to_string()]));
+    assert_eq!(
+        LoraConfig::tuned_classifier(1).layers_to_transform,
+        Some(vec![0])
+    );
+}

@@ -59,31 +59,11 @@ impl LocalOptimizer {
     }
 
     /// The same optimizer with its learning rate multiplied by `factor` (a schedule's step).
-    pub fn scaled(self, factor: f64) -> Self {
-        match self {
-            LocalOptimizer::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => LocalOptimizer::Sgd {
-                lr: lr * factor,
-                momentum,
-                weight_decay,
-            },
-            LocalOptimizer::AdamW {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => LocalOptimizer::AdamW {
-                lr: lr * factor,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            },
+    pub fn scaled(mut self, factor: f64) -> Self {
+        match &mut self {
+            LocalOptimizer::Sgd { lr, .. } | LocalOptimizer::AdamW { lr, .. } => *lr *= factor,
         }
+        self
     }
 
     /// The optimizer a command line names: `sgd` ([`LocalOptimizer::sgd`]) or `adamw`

@@ -59,6 +59,26 @@ fn none_bias() -> String {
     "none".to_string()
 }
 
+impl LoraConfig {
+    /// The adapters chosen on rt_polarity's validation split with MiniLM
+    /// (`docs/FORWARD_GRADIENTS.md`) for a classifier of `n_layers` encoder layers: r = 4,
+    /// α = 4 (scale 1) on `query` and `value` of the top two layers, no dropout, the head saved
+    /// with the adapter (`modules_to_save = ["classifier"]`, task `SEQ_CLS`). On layers 4–5 of
+    /// MiniLM, rank 4 reached 73.3% validation accuracy after 8 rounds against 70.2% at rank 1
+    /// (rank 2: 69.5%, rank 8: 65.6%); q/v beat every linear layer, and adapters on the top two
+    /// layers keep the tangents out of the lower ones.
+    pub fn tuned_classifier(n_layers: usize) -> Self {
+        LoraConfig {
+            r: 4,
+            lora_alpha: 4.0,
+            layers_to_transform: Some((n_layers.saturating_sub(2)..n_layers).collect()),
+            modules_to_save: Some(vec!["classifier".into()]),
+            task_type: Some("SEQ_CLS".into()),
+            ..LoraConfig::default()
+        }
+    }
+}
+
 impl Default for LoraConfig {
     /// The Spry paper's adapter shape, r = 1, α = 1 on `query` and `value`, without dropout:
     /// dropout is something a user asks for (`lora_dropout`), never a hidden default (the paper
