@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 
 use spry::data::{PartitionScheme, holdout, load_labelled_tsv};
 use spry::federated::{Aggregator, FederatedTask, Method, Plan, Planner, SimConfig, Simulation};
-use spry::models::bert::{BertBatch, BertClassifier, Pooling};
+use spry::models::bert::{BertBatch, BertClassifier, ClassifierOutput, Pooling};
 use spry::models::pretrained::load_bert_classifier_dir;
-use spry::modules::{Directions, LoraConfig, Trainable, load_peft_tensors, save_peft_adapter};
+use spry::modules::{
+    Directions, DropoutKey, LoraConfig, Trainable, load_peft_tensors, save_peft_adapter,
+};
 use spry::ndarray::ArrayD;
-use spry::tasks::ClassificationTask;
+use spry::tasks::{ClassificationTask, TextClassifier};
 use spry::{Result, TextTokenizer, TokenizerOptions};
 
 /// A scratch folder of this test process.
@@ -186,5 +188,44 @@ fn a_dependent_takes_a_jvp_of_pooled_embeddings_along_a_peft_adapter() -> Result
     let err = (&fd - &jvp).mapv(|x| x * x).sum().sqrt() / fd.mapv(|x| x * x).sum().sqrt();
     assert!(err < 1e-2, "relative error {err}");
     assert!(jvp.iter().any(|x| x.abs() > 1e-4));
+    Ok(())
+}
+
+/// A user's model that forgets the loss.
+struct NoLoss;
+
+impl TextClassifier for NoLoss {
+    type Input = BertBatch;
+    fn classify(
+        &self,
+        input: &BertBatch,
+        _labels: Option<&[i64]>,
+        _params: &Trainable<f32>,
+        _dirs: &Directions<f32>,
+        _dropout: Option<&DropoutKey>,
+    ) -> Result<ClassifierOutput<f32>> {
+        let b = input.ids.nrows();
+        Ok(ClassifierOutput {
+            logits: spry::ndarray::Array2::zeros((b, 3)),
+            loss: None,
+            features: spry::ndarray::Array2::zeros((b, 4)),
+        })
+    }
+    fn head_params(&self) -> (usize, usize) {
+        (0, 1)
+    }
+}
+
+#[test]
+fn a_classifier_without_a_loss_is_a_typed_error() -> Result<()> {
+    let path = scratch("d").join("topics.tsv");
+    write_three_class_tsv(&path);
+    let (train, test) = holdout(load_labelled_tsv(&path, "text", "label", None)?, 0.2, 0)?;
+    let (_, initial, tok) = minilm()?;
+    let task = ClassificationTask::new(&NoLoss, &tok, train, test, &PartitionScheme::Iid, 6, 0)?;
+    assert!(matches!(
+        task.evaluate(&initial),
+        Err(spry::Error::InvalidArgument { .. })
+    ));
     Ok(())
 }

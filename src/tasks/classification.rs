@@ -41,6 +41,19 @@ pub trait TextClassifier: Sync {
     fn head_params(&self) -> (usize, usize);
 }
 
+/// The loss of a pass that was given labels: a [`TextClassifier`] that returns none is a model
+/// error, not a panic.
+fn labelled_loss(
+    loss: Option<crate::kernels::CrossEntropy<f32>>,
+) -> Result<crate::kernels::CrossEntropy<f32>> {
+    loss.ok_or_else(|| {
+        Error::invalid(
+            "TextClassifier::classify",
+            "returned no loss for a labelled batch",
+        )
+    })
+}
+
 impl TextClassifier for BertClassifier<f32> {
     type Input = BertBatch;
 
@@ -154,7 +167,7 @@ impl<'m, M: TextClassifier> ClassificationTask<'m, M> {
             let out = self
                 .model
                 .classify(&b.input, Some(&b.labels), params, &none, None)?;
-            let ce = out.loss.expect("labels given");
+            let ce = labelled_loss(out.loss)?;
             loss += ce.loss as f64 * chunk.len() as f64;
             correct += argmax_rows(out.logits.view())
                 .iter()
@@ -188,7 +201,7 @@ impl<M: TextClassifier> Objective<f32> for ClassificationTask<'_, M> {
         let out = self
             .model
             .classify(&batch.input, Some(&batch.labels), params, dirs, dropout)?;
-        let ce = out.loss.expect("labels given");
+        let ce = labelled_loss(out.loss)?;
         let mut exact = Vec::new();
         let (hw, hb) = self.model.head_params();
         if exact_for.contains(&hw) || exact_for.contains(&hb) {
@@ -254,7 +267,7 @@ impl<M: TextClassifier> FederatedTask<f32> for ClassificationTask<'_, M> {
         let out = self
             .model
             .classify(&batch.input, Some(&batch.labels), params, &none, None)?;
-        let loss = out.loss.expect("labels given").loss as f64;
+        let loss = labelled_loss(out.loss)?.loss as f64;
         Ok((loss, Some(out.logits.iter().map(|&v| v as f64).collect())))
     }
 
