@@ -27,10 +27,11 @@ use spry::federated::{
     ClientConfig, HeadGrad, LocalOptimizer, Objective, OptimizerState, Perturbation, StepKey,
     directions, train_local,
 };
-use spry::metrics::{current_rss_mib, median_time, peak_rss_mib};
+use spry::metrics::{current_rss_mib, peak_rss_mib};
 use spry::models::bert::{BertBatch, BertClassifier, Pooling};
 use spry::models::pretrained::{load_bert_classifier_dir, load_llama_gguf};
 use spry::modules::{Directions, LoraConfig, Trainable};
+use spry::recipes::bundled::median_time;
 use spry::tasks::{ClassificationTask, LabelledBatch, LanguageModelTask, LmBatch};
 use spry::tokenizer::{TextTokenizer, TokenizerOptions};
 

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use spry::models::pretrained::{cosine_matrix, load_sentence_encoder, minilm_dir};
+use spry::models::pretrained::cosine_matrix;
+use spry::recipes::bundled::{load_sentence_encoder, minilm_dir};
 
 /// Cosine similarities of sentence embeddings (all-MiniLM-L6-v2).
 #[derive(Parser)]

@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use spry::models::pretrained::{
-    chat_complete, load_llama_gguf, load_llama_gguf_with_adapter, no_lora, require_file,
-    smollm2_gguf,
+    load_llama_gguf, load_llama_gguf_with_adapter, no_lora, require_file,
 };
+use spry::recipes::bundled::{chat_complete, smollm2_gguf};
 
 /// Greedy chat completion with SmolLM2-135M-Instruct.
 #[derive(Parser)]

@@ -13,8 +13,8 @@ use ndarray::{Array2, Array3};
 use spry::Dual;
 use spry::io::{PackedFormat, PackedMatrix};
 use spry::kernels::{FrozenWeight, frozen_linear, lm_head_cross_entropy};
-use spry::metrics::median_time;
 use spry::models::llama::LOSS_CHUNK_ROWS;
+use spry::recipes::bundled::median_time;
 use spry::rng::{Domain, KeyedRng};
 
 /// Command-line options.

@@ -65,6 +65,10 @@
 //! # Ok::<(), spry::Error>(())
 //! ```
 //!
+//! With the `recipes` feature, `spry::recipes::classification::ClassificationRun` is that whole run
+//! (every setting a clap flag and a TOML/JSON config key, the metrics, checkpoints, adapters and
+//! summary written to a folder): the `federated` example is a command line over it.
+//!
 //! A planner or aggregation rule of your own plugs in with
 //! [`federated::Simulation::with_planner`] / [`federated::Simulation::with_aggregator`]; a model of
 //! your own with [`tasks::TextClassifier`]; a JVP along a direction of your own (for example a
@@ -72,9 +76,9 @@
 #![deny(missing_docs)]
 
 /// `FromStr` for a fieldless enum from its command-line spellings (`"b-only" => LoraBOnly`),
-/// with an [`Error::InvalidArgument`] that lists them.
+/// with an [`Error::InvalidArgument`] that lists them, and `Display` writing the same spelling.
 macro_rules! from_names {
-    ($ty:ident, $($name:literal => $variant:expr),+ $(,)?) => {
+    ($ty:ident, $($name:literal => $variant:path),+ $(,)?) => {
         impl std::str::FromStr for $ty {
             type Err = crate::Error;
 
@@ -87,6 +91,15 @@ macro_rules! from_names {
                         format!("{s:?}: expected one of {}", [$($name),+].join(", ")),
                     )),
                 }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            /// The command-line spelling, as [`std::str::FromStr`] reads it.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $($variant => $name,)+
+                })
             }
         }
     };
@@ -104,6 +117,8 @@ pub mod models;
 pub mod modules;
 pub mod packed;
 pub mod parallel;
+#[cfg(feature = "recipes")]
+pub mod recipes;
 pub mod rng;
 pub mod tasks;
 pub mod tokenizer;

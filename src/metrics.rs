@@ -1,27 +1,4 @@
-//! Measurement helpers shared by the examples and the simulation: wall-clock medians and the
-//! process's peak resident memory.
-
-use std::time::{Duration, Instant};
-
-/// Runs `f` `warmup` times untimed, then `reps` times, and returns the median wall time.
-///
-/// # Panics
-/// If `reps` is 0.
-pub fn median_time(warmup: usize, reps: usize, mut f: impl FnMut()) -> Duration {
-    assert!(reps > 0, "median_time needs at least one repetition");
-    for _ in 0..warmup {
-        f();
-    }
-    let mut times: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[reps / 2]
-}
+//! The process's resident memory (current and peak), as the run summaries report it.
 
 /// A `/proc/self/status` field in KiB (Linux), e.g. `VmHWM` (peak resident) or `VmRSS`.
 fn proc_status_kib(field: &str) -> Option<u64> {
@@ -70,16 +47,5 @@ mod tests {
         std::hint::black_box(&big);
         let after = peak_rss_mib().unwrap();
         assert!(after >= before + 60.0, "peak {before} -> {after}");
-    }
-
-    #[test]
-    fn median_is_the_middle_sample() {
-        let mut i = 0u64;
-        let d = median_time(1, 5, || {
-            i += 1;
-            std::thread::sleep(Duration::from_millis(1));
-        });
-        assert_eq!(i, 6);
-        assert!(d >= Duration::from_millis(1));
     }
 }

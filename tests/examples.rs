@@ -8,10 +8,11 @@ mod assets;
 use assets::{asset, golden};
 use spry::Error;
 use spry::models::pretrained::{
-    BERT_DIR_FILES, chat_complete, chat_prompt, cosine_matrix, load_llama_gguf,
-    load_llama_gguf_with_adapter, load_sentence_encoder, no_lora, require_files,
+    BERT_DIR_FILES, cosine_matrix, load_llama_gguf, load_llama_gguf_with_adapter, no_lora,
+    require_files,
 };
 use spry::modules::{LoraConfig, save_peft_adapter};
+use spry::recipes::bundled::{chat_complete, chat_prompt, load_sentence_encoder};
 
 #[test]
 fn embed_prints_the_golden_cosines() {

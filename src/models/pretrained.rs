@@ -1,8 +1,8 @@
 //! One-call loaders for the checkpoints people have: a Hugging Face BERT folder
 //! (`config.json`, `model.safetensors`, `tokenizer.json`) and a llama.cpp GGUF file (weights,
-//! config and tokenizer all from the one file), optionally with a PEFT adapter; and the few
-//! steps the examples are made of (sentence cosines, SmolLM2 chat completion), so that tests can
-//! check exactly what the examples print.
+//! config and tokenizer all from the one file), optionally with a PEFT adapter; sentence
+//! embeddings and their cosines. The bundled checkpoints' paths and SmolLM2's chat template are
+//! in `spry::recipes::bundled` (feature `recipes`).
 
 use std::path::{Path, PathBuf};
 
@@ -11,31 +11,13 @@ use ndarray::Array2;
 use super::bert::{Bert, BertBatch, BertClassifier};
 use super::llama::Llama;
 use super::source::{GgufLlamaSource, WeightFormat};
-use crate::io::{ASSETS_ENV, BertConfig, GgufFile, LlamaConfig, assets_dir, load_safetensors};
+use crate::io::{ASSETS_ENV, BertConfig, GgufFile, LlamaConfig, load_safetensors};
 use crate::modules::{LoraConfig, Trainable, load_peft_adapter, read_peft_config};
 use crate::tokenizer::{TextTokenizer, TokenizerOptions, bpe_from_gguf_vocab};
 use crate::{Error, Result};
 
-/// Folder of all-MiniLM-L6-v2 inside the assets folder.
-pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";
-/// The SmolLM2-135M-Instruct GGUF file inside the assets folder.
-pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The files a BERT folder must hold for [`load_bert_dir`].
 pub const BERT_DIR_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
-/// Truncation length of all-MiniLM-L6-v2 (sentence-transformers' `max_seq_length`).
-pub const MINILM_MAX_LEN: usize = 256;
-/// SmolLM2's end-of-turn token, where a chat completion stops.
-pub const IM_END: &str = "<|im_end|>";
-
-/// `assets_dir()/all-MiniLM-L6-v2`.
-pub fn minilm_dir() -> PathBuf {
-    assets_dir().join(MINILM_DIR)
-}
-
-/// `assets_dir()/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf`.
-pub fn smollm2_gguf() -> PathBuf {
-    assets_dir().join(SMOLLM2_GGUF)
-}
 
 /// Checks that `dir` holds every file of `files`.
 ///
@@ -205,21 +187,6 @@ pub fn load_llama_gguf_with_adapter(
     Ok((model, trainable, tok))
 }
 
-/// Loads a sentence-embedding BERT folder (all-MiniLM-L6-v2 layout) with no adapter and
-/// truncation at [`MINILM_MAX_LEN`] tokens, after checking that its files are there.
-///
-/// # Errors
-/// As [`require_files`] (with the hint to fetch the assets) and [`load_bert_dir`].
-pub fn load_sentence_encoder(dir: &Path) -> Result<(Bert<f32>, Trainable<f32>, TextTokenizer)> {
-    require_files(dir, &BERT_DIR_FILES)?;
-    load_bert_dir(
-        dir,
-        &no_lora(),
-        0,
-        TokenizerOptions::default().with_max_len(MINILM_MAX_LEN),
-    )
-}
-
 /// Sentence embeddings of `texts` as one padded batch: the mean of the last hidden state over
 /// real tokens, L2-normalised (all-MiniLM-L6-v2's recipe).
 ///
@@ -259,47 +226,4 @@ pub fn cosine_matrix<S: AsRef<str>>(
 ) -> Result<Array2<f32>> {
     let e = embed_sentences(bert, trainable, tok, texts)?;
     Ok(e.dot(&e.t()))
-}
-
-/// SmolLM2's chat template for one user turn, ready for the assistant's answer:
-/// `<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n`.
-pub fn chat_prompt(text: &str) -> String {
-    format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
-}
-
-/// A greedy chat completion.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// Number of tokens of the templated prompt.
-    pub prompt_tokens: usize,
-    /// The generated ids, the final `<|im_end|>` included when generation stopped on it.
-    pub ids: Vec<u32>,
-    /// The generated text, special tokens dropped.
-    pub text: String,
-}
-
-/// Answers `text` as SmolLM2's assistant: wraps it in [`chat_prompt`], generates greedily with
-/// [`Llama::generate_greedy`] until `<|im_end|>` or `max_new` tokens, and decodes.
-///
-/// # Errors
-/// [`Error::Tokenizer`] if the tokenizer has no `<|im_end|>` token; tokenizer and generation
-/// errors (a prompt plus `max_new` longer than the context).
-pub fn chat_complete(
-    model: &Llama<f32>,
-    trainable: &Trainable<f32>,
-    tok: &TextTokenizer,
-    text: &str,
-    max_new: usize,
-) -> Result<Completion> {
-    let stop = tok.token_to_id(IM_END).ok_or_else(|| Error::Tokenizer {
-        msg: format!("the vocabulary has no {IM_END} token: not a ChatML model"),
-    })?;
-    let prompt = tok.encode(&chat_prompt(text), true)?.ids;
-    let ids = model.generate_greedy(&prompt, max_new, &[stop], trainable)?;
-    let text = tok.decode(&ids, true)?;
-    Ok(Completion {
-        prompt_tokens: prompt.len(),
-        ids,
-        text,
-    })
 }

@@ -1,15 +1,16 @@
-//! `BertForSequenceClassification` with LoRA: the encoder, its pooler (or mean pooling), and a
-//! trainable linear classifier registered as the last unit.
+//! `BertForSequenceClassification` with LoRA: the encoder, a pooling of its last hidden state
+//! (mean, first token, or BERT's pooler), and a trainable linear classifier registered as the
+//! last unit.
 //!
 //! ```text
-//! logits = W_c · pool(x) + b_c,   pool(x) = tanh(W_p · x[:, 0] + b_p)  or  Σ_t m_t·x_t / Σ_t m_t
+//! logits = W_c · pool(x) + b_c,   pool(x) = Σ_t m_t·x_t / Σ_t m_t,  x[:, 0],  or  tanh(W_p · x[:, 0] + b_p)
 //! ```
 
 use ndarray::{Array1, Array2, Ix1, Ix2};
 
 use super::{Bert, BertBatch, PEFT_PREFIX};
 use crate::io::BertConfig;
-use crate::kernels::{CrossEntropy, cross_entropy, linear_dual, mean_pool};
+use crate::kernels::{CrossEntropy, cross_entropy, first_token_pool, linear_dual, mean_pool};
 use crate::models::{AdaptedModel, WeightSource, argmax_rows};
 use crate::modules::trainable::param_dual;
 use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
@@ -27,17 +28,26 @@ pub struct ClassifierOutput<F: Float> {
 }
 
 /// How the classifier turns the last hidden state into the head's input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// BERT's pooler on the first token, `tanh(W_p·x[:, 0] + b_p)` (Hugging Face's
-    /// `BertForSequenceClassification`).
+    /// `BertForSequenceClassification`; the first token itself for a checkpoint without pooler
+    /// weights).
     Pooler,
-    /// Mean over real tokens (how sentence-transformers models such as all-MiniLM-L6-v2 were
-    /// trained to be read).
+    /// Mean over real tokens, `Σ_t m_t·x_t / Σ_t m_t` (how sentence-transformers models such as
+    /// all-MiniLM-L6-v2 and bge were trained to be read, and it needs no pooler weights): the
+    /// default.
+    #[default]
     Mean,
+    /// The first token's last hidden state `x[:, 0]` (`[CLS]`), without the pooler (how bge and
+    /// sentence-transformers' CLS-pooled models are read).
+    Cls,
 }
 
-/// `BertForSequenceClassification` with LoRA: the encoder, its pooler, and a trainable linear
+from_names!(Pooling, "mean" => Pooling::Mean, "cls" => Pooling::Cls, "pooler" => Pooling::Pooler);
+
+/// `BertForSequenceClassification` with LoRA: the encoder, a pooling, and a trainable linear
 /// classifier registered as the last unit (PEFT's `modules_to_save = ["classifier"]`).
 pub struct BertClassifier<F: Float> {
     bert: Bert<F>,
@@ -51,7 +61,8 @@ pub struct BertClassifier<F: Float> {
 impl<F: Float> BertClassifier<F> {
     /// Loads the encoder, attaches LoRA adapters and a fresh classifier (`N(0, 0.02²)` weight,
     /// zero bias, as Hugging Face initialises it), and returns the model with its initial
-    /// trainable parameters.
+    /// trainable parameters. The head reads mean-pooled features ([`Pooling::default`]);
+    /// [`BertClassifier::with_pooling`] chooses another pooling.
     ///
     /// # Errors
     /// As [`Bert::load`]; [`Error::InvalidArgument`] if `n_labels` < 2.
@@ -87,7 +98,7 @@ impl<F: Float> BertClassifier<F> {
         Ok((
             BertClassifier {
                 bert,
-                pooling: Pooling::Pooler,
+                pooling: Pooling::default(),
                 n_labels,
                 head_unit: unit,
                 head_weight: params.start,
@@ -170,6 +181,7 @@ impl<F: Float> BertClassifier<F> {
         let pooled = match self.pooling {
             Pooling::Pooler => self.bert.pool(&h, trainable, dirs)?,
             Pooling::Mean => mean_pool(&h, batch.mask.view())?,
+            Pooling::Cls => first_token_pool(&h)?,
         };
         drop(h);
         let w = param_dual::<F, Ix2>(trainable, dirs, self.head_weight)?;
