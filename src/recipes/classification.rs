@@ -16,7 +16,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::bundled::MINILM_DIR;
-use super::config::record_settings;
+use super::config::{by_name, record_settings};
 use crate::data::{Example, PartitionScheme, holdout, load_labelled_tsv};
 use crate::federated::{
     ClientConfig, CommMode, DiagnosticsConfig, DirectionScheme, Evaluation, FederatedTask,
@@ -82,25 +82,6 @@ pub enum EvalSplit {
 }
 
 from_names!(EvalSplit, "val" => EvalSplit::Val, "test" => EvalSplit::Test);
-
-/// Serde of the command-line-named enums by their names (`method = "fedmezo"`).
-mod by_name {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-    use std::fmt::Display;
-    use std::str::FromStr;
-
-    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
-    }
-
-    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
-    where
-        T: FromStr<Err = crate::Error>,
-        D: Deserializer<'de>,
-    {
-        String::deserialize(d)?.parse().map_err(D::Error::custom)
-    }
-}
 
 /// Every setting of a federated classification run. Each field is a flag (`--per-round 20`) and
 /// a config-file key (`per_round = 20`); the defaults are the recipe chosen on rt_polarity's
