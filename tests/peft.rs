@@ -229,6 +229,34 @@ fn bert_classifier_round_trip_is_bit_identical_with_the_same_logits() {
 }
 
 #[test]
+fn adapters_on_some_layers_reload_from_their_own_config() {
+    // adapters on layer 1 only: the saved config must describe exactly those modules, so a model
+    // built from it has the same registry and takes the tensors (PEFT reads it the same way)
+    let lora = LoraConfig {
+        layers_to_transform: Some(vec![1]),
+        ..bert_lora(2, 4.0, &["query", "value"])
+    };
+    let (m1, mut t1) = classifier(&lora, 1);
+    randomize(&mut t1, 5);
+    let dir = TempDir::new("layer-subset");
+    save_peft_adapter(dir.path(), &lora, &t1).unwrap();
+    let cfg = read_peft_config(dir.path()).unwrap();
+    assert_eq!(cfg.layers_to_transform, None);
+    assert_eq!(
+        cfg.target_modules,
+        vec![
+            "encoder.layer.1.attention.self.query".to_string(),
+            "encoder.layer.1.attention.self.value".to_string()
+        ]
+    );
+    let (m2, mut t2) = classifier(&cfg, 2);
+    assert_eq!(t2.names(), t1.names());
+    load_peft_adapter(dir.path(), m2.bert().lora(), &mut t2).unwrap();
+    assert_eq!(bits(&t2), bits(&t1));
+    assert_eq!(bert_logits(&m2, &t2), bert_logits(&m1, &t1));
+}
+
+#[test]
 fn llama_round_trip_is_bit_identical_with_the_same_outputs() {
     let dir = TempDir::new("llama-rt");
     let lora = LoraConfig {

@@ -93,11 +93,27 @@ fn rank_disagreement<F: Float>(trainable: &Trainable<F>, r: usize) -> Option<(&s
 /// The `adapter_config.json` content [`save_peft_adapter`] writes for `lora` and `trainable`:
 /// `lora` with `inference_mode = true` and `modules_to_save` set from the registry (`None` when
 /// every unit is a LoRA adapter).
+///
+/// Adapters on some layers only (`layers_to_transform`) are written with `target_modules` listing
+/// the adapted modules' full paths (`encoder.layer.4.attention.self.query`, ...) and no
+/// `layers_to_transform`: PEFT matches a target against the end of a module's path, so the list
+/// names exactly the adapted modules, and PEFT needs no `layers_pattern` for the model's layout.
 pub fn adapter_config<F: Float>(lora: &LoraConfig, trainable: &Trainable<F>) -> LoraConfig {
     let heads = modules_to_save(trainable);
+    let target_modules = match lora.layers_to_transform {
+        Some(_) => trainable
+            .units()
+            .iter()
+            .filter(|u| !heads.contains(&u.name))
+            .map(|u| u.name.clone())
+            .collect(),
+        None => lora.target_modules.clone(),
+    };
     LoraConfig {
         inference_mode: true,
         modules_to_save: if heads.is_empty() { None } else { Some(heads) },
+        target_modules,
+        layers_to_transform: None,
         ..lora.clone()
     }
 }
