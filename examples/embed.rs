@@ -2,7 +2,7 @@
 //! given sentences.
 //!
 //! Run: `cargo run --release --example embed -- "The weather is lovely today." "It's so sunny
-//! outside!" "He drove to the stadium." [--model-dir DIR] [--json]`
+//! outside!" "He drove to the stadium." [--model-dir DIR] [--adapter DIR] [--json]`
 //!
 //! Prints a table (or, with `--json`, one line `{"cosine": [[...]]}`) on stdout; load time,
 //! forward time and peak RSS on stderr.
@@ -12,8 +12,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use spry::models::pretrained::cosine_matrix;
-use spry::recipes::bundled::{load_sentence_encoder, minilm_dir};
+use spry::TokenizerOptions;
+use spry::models::pretrained::{cosine_matrix, load_bert_with_adapter};
+use spry::recipes::bundled::{MINILM_MAX_LEN, load_sentence_encoder, minilm_dir};
 
 /// Cosine similarities of sentence embeddings (all-MiniLM-L6-v2).
 #[derive(Parser)]
@@ -25,6 +26,10 @@ struct Args {
     /// [default: <assets>/all-MiniLM-L6-v2].
     #[arg(long)]
     model_dir: Option<PathBuf>,
+    /// A LoRA adapter folder to apply first: one a `federated` run wrote (its encoder's
+    /// adapters; the classification head is not used) or any PEFT adapter of this encoder.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Print one JSON line `{"cosine": [[...]]}` instead of a table.
     #[arg(long)]
     json: bool,
@@ -38,7 +43,14 @@ struct JsonOut {
 fn run(args: Args) -> spry::Result<()> {
     let dir = args.model_dir.unwrap_or_else(minilm_dir);
     let t = Instant::now();
-    let (bert, trainable, tok) = load_sentence_encoder(&dir)?;
+    let (bert, trainable, tok) = match &args.adapter {
+        Some(adapter) => load_bert_with_adapter(
+            &dir,
+            adapter,
+            TokenizerOptions::default().with_max_len(MINILM_MAX_LEN),
+        )?,
+        None => load_sentence_encoder(&dir)?,
+    };
     let load = t.elapsed();
     let t = Instant::now();
     let cos = cosine_matrix(&bert, &trainable, &tok, &args.sentences)?;

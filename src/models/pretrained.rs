@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
 
-use super::bert::{Bert, BertBatch, BertClassifier};
+use super::bert::{Bert, BertBatch, BertClassifier, ClassifierConfig};
 use super::llama::Llama;
 use super::source::{GgufLlamaSource, WeightFormat};
 use crate::io::{ASSETS_ENV, BertConfig, GgufFile, LlamaConfig, load_safetensors};
-use crate::modules::{LoraConfig, Trainable, load_peft_adapter, read_peft_config};
+use crate::modules::{
+    LoraConfig, Trainable, load_peft_adapter, read_peft_config, save_peft_adapter,
+};
 use crate::tokenizer::{TextTokenizer, TokenizerOptions, bpe_from_gguf_vocab};
 use crate::{Error, Result};
 
@@ -97,6 +99,105 @@ pub fn load_bert_classifier_dir(
     let (model, trainable) = BertClassifier::load(&config, &mut weights, lora, n_labels, seed)?;
     let tokenizer = TextTokenizer::from_file(dir.join("tokenizer.json"), opts)?;
     Ok((model, trainable, tokenizer))
+}
+
+/// Saves a trained classifier as an adapter folder: the PEFT files ([`save_peft_adapter`]: the
+/// LoRA factors and the head) and `classifier_config.json` ([`ClassifierConfig`]: class names,
+/// pooling, truncation).
+///
+/// # Errors
+/// As [`save_peft_adapter`] and [`ClassifierConfig::save`].
+pub fn save_bert_classifier(
+    dir: &Path,
+    lora: &LoraConfig,
+    trainable: &Trainable<f32>,
+    config: &ClassifierConfig,
+) -> Result<()> {
+    save_peft_adapter(dir, lora, trainable)?;
+    config.save(dir)
+}
+
+/// Loads a BERT folder with a classifier adapter folder written by [`save_bert_classifier`]:
+/// the adapters its `adapter_config.json` describes, its classes, pooling and truncation from
+/// `classifier_config.json`, and its tensors (checked against the model).
+///
+/// # Errors
+/// As [`load_bert_classifier_dir`], [`read_peft_config`], [`ClassifierConfig::load`] and
+/// [`load_peft_adapter`] (for example [`Error::TensorShape`] when the head's class count differs
+/// from the config's).
+pub fn load_bert_classifier_with_adapter(
+    model_dir: &Path,
+    adapter_dir: &Path,
+) -> Result<(
+    BertClassifier<f32>,
+    Trainable<f32>,
+    TextTokenizer,
+    ClassifierConfig,
+)> {
+    let lora = read_peft_config(adapter_dir)?;
+    let config = ClassifierConfig::load(adapter_dir)?;
+    let opts = match config.max_len {
+        Some(m) => TokenizerOptions::default().with_max_len(m),
+        None => TokenizerOptions::default(),
+    };
+    let (model, mut trainable, tok) =
+        load_bert_classifier_dir(model_dir, &lora, config.n_labels(), 0, opts)?;
+    load_peft_adapter(adapter_dir, model.bert().lora(), &mut trainable)?;
+    Ok((model.with_pooling(config.pooling), trainable, tok, config))
+}
+
+/// Loads a BERT folder with a LoRA adapter folder as an encoder: a classifier adapter (one
+/// with `classifier_config.json`, as [`save_bert_classifier`] writes it) is loaded as the
+/// classifier and its encoder kept; any other adapter is loaded onto the bare encoder.
+/// Truncation and padding come from `opts`.
+///
+/// # Errors
+/// As [`load_bert_classifier_with_adapter`] or [`load_bert_dir`] and [`load_peft_adapter`].
+pub fn load_bert_with_adapter(
+    model_dir: &Path,
+    adapter_dir: &Path,
+    opts: TokenizerOptions,
+) -> Result<(Bert<f32>, Trainable<f32>, TextTokenizer)> {
+    if adapter_dir
+        .join(super::bert::CLASSIFIER_CONFIG_FILE)
+        .is_file()
+    {
+        let (model, trainable, _, _) = load_bert_classifier_with_adapter(model_dir, adapter_dir)?;
+        let tok = TextTokenizer::from_file(model_dir.join("tokenizer.json"), opts)?;
+        return Ok((model.into_bert(), trainable, tok));
+    }
+    let lora = read_peft_config(adapter_dir)?;
+    let (bert, mut trainable, tok) = load_bert_dir(model_dir, &lora, 0, opts)?;
+    load_peft_adapter(adapter_dir, bert.lora(), &mut trainable)?;
+    Ok((bert, trainable, tok))
+}
+
+/// Class probabilities of `texts` (softmax of the classifier's logits), in batches of `batch`
+/// texts.
+///
+/// # Shapes
+/// - output `[texts.len(), C]`
+///
+/// # Errors
+/// Tokenizer and model errors.
+pub fn class_probabilities<S: AsRef<str>>(
+    model: &BertClassifier<f32>,
+    trainable: &Trainable<f32>,
+    tok: &TextTokenizer,
+    texts: &[S],
+    batch: usize,
+) -> Result<Array2<f32>> {
+    let none = crate::modules::Directions::none(trainable.len());
+    let mut probs = Array2::zeros((0, model.n_labels()));
+    for chunk in texts.chunks(batch.max(1)) {
+        let b: BertBatch = tok.encode_batch(chunk, true)?.into();
+        let logits = model.forward(&b, None, trainable, &none, None)?.logits;
+        let p = crate::kernels::softmax(&crate::Dual::constant(logits))?.into_primal();
+        probs
+            .append(ndarray::Axis(0), p.view())
+            .map_err(|e| Error::invalid("class_probabilities", e.to_string()))?;
+    }
+    Ok(probs)
 }
 
 /// The byte-level BPE tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.

@@ -24,9 +24,11 @@ use crate::federated::{
     RunSummary, ServerOptimizer, SimConfig, Simulation, metrics_csv, personalized_accuracy,
 };
 use crate::io::{BertConfig, assets_dir};
-use crate::models::bert::Pooling;
-use crate::models::pretrained::{BERT_DIR_FILES, load_bert_classifier_dir, require_files};
-use crate::modules::{LoraConfig, parse_layers, save_peft_adapter};
+use crate::models::bert::{ClassifierConfig, Pooling};
+use crate::models::pretrained::{
+    BERT_DIR_FILES, load_bert_classifier_dir, require_files, save_bert_classifier,
+};
+use crate::modules::{LoraConfig, parse_layers};
 use crate::tasks::ClassificationTask;
 use crate::tokenizer::TokenizerOptions;
 use crate::{Error, Result};
@@ -501,7 +503,8 @@ impl ClassificationRun {
 
     /// Runs the experiment into `out`: writes `config.json` (these settings; on `resume` they
     /// must equal the recorded ones), `checkpoint.json` after every round, `metrics.csv` as it
-    /// goes, `adapter-best/` at each better evaluation, and at the end `adapter/` and
+    /// goes, `adapter-best/` at each better evaluation, and at the end `adapter/` (each a PEFT
+    /// folder with `classifier_config.json`, as [`save_bert_classifier`] writes it) and
     /// `summary.json`. `on_round` sees each round's metrics as it ends.
     ///
     /// # Errors
@@ -524,7 +527,10 @@ impl ClassificationRun {
         let opts = TokenizerOptions::default().with_max_len(self.max_len);
         let (model, initial, tokenizer) =
             load_bert_classifier_dir(&model_dir, &lora, n_labels, self.seed, opts)?;
-        let model = model.with_pooling(self.pooling_for(&model_dir));
+        let pooling = self.pooling_for(&model_dir);
+        let model = model.with_pooling(pooling);
+        let names: Vec<String> = (0..n_labels).map(|i| i.to_string()).collect();
+        let saved = ClassifierConfig::new(&names, pooling, Some(self.max_len))?;
         let scheme = match self.partition {
             PartitionKind::Dirichlet => PartitionScheme::Dirichlet { alpha: self.alpha },
             PartitionKind::Iid => PartitionScheme::Iid,
@@ -561,7 +567,7 @@ impl ClassificationRun {
                 .and_then(|()| match m.test.and_then(|t| t.accuracy) {
                     Some(a) if a > best => {
                         best = a;
-                        save_peft_adapter(&best_dir, &lora, global)
+                        save_bert_classifier(&best_dir, &lora, global, &saved)
                     }
                     _ => Ok(()),
                 });
@@ -578,7 +584,7 @@ impl ClassificationRun {
         // the last state is evaluated, and the last row of metrics.csv has that evaluation
         let last = sim.evaluate_last(&task)?;
         std::fs::write(&metrics_path, metrics_csv(&sim.history)).map_err(io(metrics_path))?;
-        save_peft_adapter(&out.join("adapter"), &lora, &sim.global)?;
+        save_bert_classifier(&out.join("adapter"), &lora, &sim.global, &saved)?;
         let summary = self.write_summary(out, &task, &sim, before, last, start)?;
         Ok(RunOutcome {
             summary,

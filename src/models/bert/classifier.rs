@@ -130,6 +130,11 @@ impl<F: Float> BertClassifier<F> {
         &self.bert
     }
 
+    /// The encoder, without the head (its registry entries stay; the encoder never reads them).
+    pub fn into_bert(self) -> Bert<F> {
+        self.bert
+    }
+
     /// Folds the encoder's LoRA adapters into its weights ([`Bert::merge_adapters`]); the
     /// classifier stays in the registry.
     ///

@@ -19,6 +19,7 @@ mod classifier;
 mod embeddings;
 mod layer;
 mod pooler;
+mod saved;
 
 use ndarray::{Array2, Axis, Ix2, Ix3};
 
@@ -33,6 +34,7 @@ pub use classifier::{BertClassifier, ClassifierOutput, Pooling};
 pub use embeddings::Embeddings;
 pub use layer::{FeedForward, Layer, SelfAttention, gelu_kind};
 pub use pooler::Pooler;
+pub use saved::{CLASSIFIER_CONFIG_FILE, ClassifierConfig};
 
 use crate::io::BertConfig;
 use crate::kernels::{first_token_pool, mean_pool};
