@@ -65,7 +65,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .base_model_name_or_path
         .map(PathBuf::from)
         .filter(|p| p.is_dir());
-    let model_dir = args.model_dir.or(base).unwrap_or_else(minilm_dir);
+    let model_dir = match args.model_dir.or(base) {
+        Some(dir) => dir,
+        None => minilm_dir()?,
+    };
     let (model, params, tok, config) =
         load_bert_classifier_with_adapter(&model_dir, &args.adapter)?;
     let probs = class_probabilities(&model, &params, &tok, &texts, args.batch)?;

@@ -41,7 +41,10 @@ struct JsonOut {
 }
 
 fn run(args: Args) -> spry::Result<()> {
-    let dir = args.model_dir.unwrap_or_else(minilm_dir);
+    let dir = match args.model_dir {
+        Some(dir) => dir,
+        None => minilm_dir()?,
+    };
     let t = Instant::now();
     let (bert, trainable, tok) = match &args.adapter {
         Some(adapter) => load_bert_with_adapter(

@@ -43,7 +43,10 @@ struct JsonOut<'a> {
 }
 
 fn run(args: Args) -> spry::Result<()> {
-    let path = args.gguf.unwrap_or_else(smollm2_gguf);
+    let path = match args.gguf {
+        Some(path) => path,
+        None => smollm2_gguf()?,
+    };
     require_file(&path)?;
     let t = Instant::now();
     let (mut model, trainable, tok) = match &args.adapter {

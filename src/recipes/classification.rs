@@ -15,7 +15,7 @@ use std::time::Instant;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::bundled::MINILM_DIR;
+use super::bundled::{MINILM_DIR, ensure_bundled};
 use super::config::{by_name, record_settings};
 use crate::data::{Example, PartitionScheme, holdout, load_labelled_tsv};
 use crate::federated::{
@@ -519,6 +519,9 @@ impl ClassificationRun {
         let start = Instant::now();
         let io = |path: PathBuf| move |source| Error::Io { source, path };
         std::fs::create_dir_all(out).map_err(io(out.to_path_buf()))?;
+        if self.model_dir.is_none() || self.train.is_none() {
+            ensure_bundled()?;
+        }
         let model_dir = self.model_dir();
         require_files(&model_dir, &BERT_DIR_FILES)?;
         let bert_config = BertConfig::from_file(model_dir.join("config.json"))?;

@@ -15,7 +15,7 @@ use std::time::Instant;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::bundled::SMOLLM2_GGUF;
+use super::bundled::{SMOLLM2_GGUF, ensure_bundled};
 use super::config::{by_name, record_settings};
 use crate::data::iid;
 use crate::federated::{
@@ -304,6 +304,9 @@ impl LanguageModelRun {
         let start = Instant::now();
         let io = |path: PathBuf| move |source| Error::Io { source, path };
         std::fs::create_dir_all(out).map_err(io(out.to_path_buf()))?;
+        if self.gguf.is_none() || self.text.is_none() {
+            ensure_bundled()?;
+        }
         let (gguf, text_path) = self.files();
         require_file(&gguf)?;
         require_file(&text_path)?;

@@ -1,7 +1,8 @@
 //! Locating the real assets (model files, text) that `scripts/fetch_assets.sh` installs.
 //!
-//! `SPRY_ASSETS` names the folder; the default is `<crate root>/assets`. A missing asset fails the
-//! test with a message saying how to fetch it: real-asset tests never pass silently.
+//! `SPRY_ASSETS` names the folder; the default is `<crate root>/assets`. A missing asset is
+//! fetched on first use; one that cannot be fetched fails the test with a message saying how to
+//! provide it: real-asset tests never pass silently.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -14,9 +15,15 @@ pub fn assets_dir() -> PathBuf {
     }
 }
 
-/// Path of an asset file (e.g. `all-MiniLM-L6-v2/tokenizer.json`); panics if it is missing.
+/// Path of an asset file (e.g. `all-MiniLM-L6-v2/tokenizer.json`), fetched on first use when
+/// missing (`spry::recipes::bundled::ensure_bundled`); panics if it is still missing.
 pub fn asset(rel: &str) -> PathBuf {
     let path = assets_dir().join(rel);
+    if !path.is_file() {
+        // the library's assets folder is this one when SPRY_ASSETS is set or the tests run in
+        // the crate root (cargo's working directory for tests)
+        let _ = spry::recipes::bundled::ensure_bundled();
+    }
     assert!(
         path.is_file(),
         "missing asset {}: run `scripts/fetch_assets.sh` (or point SPRY_ASSETS at a folder that holds it)",
