@@ -236,7 +236,12 @@ pub fn adapter_and_exact<F: Float, O: Objective<F>>(
     head_grad: HeadGrad,
 ) -> (Vec<usize>, Vec<usize>) {
     let all: Vec<usize> = (0..params.len()).collect();
-    let (exact, adapters) = split_exact(&all, &objective.exact_params(), head_grad);
+    let (exact, adapters) = split_exact(
+        &all,
+        &objective.exact_params(),
+        &objective.backprop_params(),
+        head_grad,
+    );
     (adapters, exact)
 }
 
