@@ -205,11 +205,11 @@ fn a_client_trains_the_top_layer_on_its_exact_gradient() {
         for (p, g) in &direct {
             assert_eq!(grads[*p].as_ref().unwrap(), g, "tensor {p}");
         }
-        for p in 0..initial.len() {
+        for (p, g) in grads.iter().enumerate() {
             // the head's optimizer group is the head's whichever way its gradient is obtained;
             // the reversed top layer steps with the adapters'
             let lr = if p == hw || p == hb { 0.5 } else { 0.1 };
-            let g = grads[p].as_ref().unwrap();
+            let g = g.as_ref().unwrap();
             let want = initial.value(p) - &g.mapv(|v| v * lr);
             let d = max_diff(params.value(p), &want);
             assert!(
