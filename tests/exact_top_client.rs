@@ -22,11 +22,11 @@ use spry::federated::{
     Simulation, StepKey, directions_with, forward_gradient, train_local, train_local_mezo,
 };
 use spry::io::BertConfig;
-use spry::models::bert::{BertClassifier, Pooling};
+use spry::models::bert::{BertBatch, BertClassifier, ClassifierOutput, Pooling};
 use spry::models::source::RandomWeights;
-use spry::modules::{Directions, LoraConfig, Trainable};
+use spry::modules::{Directions, DropoutKey, LoraConfig, Trainable};
 use spry::rng::{Domain, KeyedRng};
-use spry::tasks::ClassificationTask;
+use spry::tasks::{ClassificationTask, TextClassifier};
 use spry::{TextTokenizer, TokenizerOptions};
 
 const WORDS: [&str; 12] = [
@@ -325,4 +325,53 @@ fn per_iteration_with_exact_top_layers_equals_per_epoch() {
             );
         }
     }
+}
+
+/// A user's model that lists tensors it can reverse but returns no gradient for them.
+struct Forgetful<'a>(&'a BertClassifier<f32>);
+
+impl TextClassifier for Forgetful<'_> {
+    type Input = BertBatch;
+    fn classify(
+        &self,
+        input: &BertBatch,
+        labels: Option<&[i64]>,
+        params: &Trainable<f32>,
+        dirs: &Directions<f32>,
+        dropout: Option<&DropoutKey>,
+    ) -> spry::Result<ClassifierOutput<f32>> {
+        self.0.forward(input, labels, params, dirs, dropout)
+    }
+    fn head_params(&self) -> (usize, usize) {
+        self.0.head_params()
+    }
+    fn backprop_params(&self) -> Vec<usize> {
+        self.0.backprop_params()
+    }
+}
+
+#[test]
+fn a_model_that_returns_no_exact_gradient_it_lists_is_a_typed_error() {
+    let (model, params) = model();
+    let tok = tokenizer();
+    let user = Forgetful(&model);
+    let task = ClassificationTask::new(
+        &user,
+        &tok,
+        examples(20, 1),
+        examples(5, 2),
+        &PartitionScheme::Iid,
+        1,
+        5,
+    )
+    .unwrap();
+    let batch = task.train_batches(0, 0, 4).unwrap().remove(0);
+    let none = Directions::none(params.len());
+    let top = model.backprop_params();
+    assert!(matches!(
+        task.loss_jvp(&batch, &params, &none, None, &top),
+        Err(spry::Error::InvalidArgument { .. })
+    ));
+    // asking for nothing of it is fine
+    assert!(task.loss_jvp(&batch, &params, &none, None, &[]).is_ok());
 }

@@ -265,6 +265,15 @@ impl<M: TextClassifier> Objective<f32> for ClassificationTask<'_, M> {
             .into_iter()
             .filter(|(p, _)| wanted.contains(p))
             .collect();
+        if let Some(p) = wanted
+            .iter()
+            .find(|&&p| !exact.iter().any(|(q, _)| *q == p))
+        {
+            return Err(Error::invalid(
+                "TextClassifier::classify_with_exact",
+                format!("returned no gradient for tensor {p} of its backprop_params"),
+            ));
+        }
         let (hw, hb) = self.model.head_params();
         if exact_for.contains(&hw) || exact_for.contains(&hb) {
             // the head sits on the last activation: ∂L/∂W = dZᵀ·X, ∂L/∂b = Σ_rows dZ

@@ -30,8 +30,9 @@ pub struct AttentionGrads<F: Float> {
     pub v: Array3<F>,
 }
 
-/// `∂L/∂q`, `∂L/∂k`, `∂L/∂v` of `O = softmax(τ·Q·Kᵀ)·V` per (batch, head) (see the
-/// [module docs](self)), given `d_out = ∂L/∂O`. The probabilities are recomputed from `q`, `k`
+/// `∂L/∂q`, `∂L/∂k`, `∂L/∂v` of `O = softmax(τ·Q·Kᵀ)·V` per (batch, head), given
+/// `d_out = ∂L/∂O`: `dV = Pᵀ·dO`, `dS = P⊙(dO·Vᵀ − rowsum(P⊙dO·Vᵀ))`, `dQ = τ·dS·K`,
+/// `dK = τ·dSᵀ·Q` (grouped query heads add into their kv head's `dK`, `dV`). The probabilities are recomputed from `q`, `k`
 /// with the forward's masks: key `s` is allowed for query `t` of batch `b` if `key_mask[b, s]`
 /// (or no mask) and, when `shape.causal`, `s ≤ t + (S − T)`.
 ///

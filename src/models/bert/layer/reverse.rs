@@ -139,8 +139,9 @@ impl<F: Float> SelfAttention<F> {
 
     /// The reverse pass at the primal point of `pass`: recomputes the forward from the saved
     /// input `x`, then returns `∂L/∂x` and the gradients of the adapters of q, k, v and the
-    /// output projection (registry order), given `dy = ∂L/∂y`. See the
-    /// [module docs](self) for the rules.
+    /// output projection (registry order), given `dy = ∂L/∂y`:
+    /// `dz = LN'(z)ᵀ·dy`, `da = o'ᵀ·dz`, `dq, dk, dv = Attn'ᵀ·da`,
+    /// `dx = dz + Σ_{q,k,v} (d·W + s·(d·B)·A)`.
     ///
     /// # Shapes
     /// - `x`, `dy`: `[B, T, H]`, `mask`: `[B, T]` → `[B, T, H]`
@@ -188,8 +189,8 @@ impl<F: Float> FeedForward<F> {
 
     /// The reverse pass at the primal point of `pass`: recomputes the forward from the saved
     /// input `x`, then returns `∂L/∂x` and the gradients of the adapters of
-    /// `intermediate.dense` and `output.dense` (registry order), given `dy = ∂L/∂y`. See the
-    /// [module docs](self) for the rules.
+    /// `intermediate.dense` and `output.dense` (registry order), given `dy = ∂L/∂y`:
+    /// `dz = LN'(z)ᵀ·dy`, `df = out'ᵀ·dz`, `du = GELU'(u)⊙df`, `dx = dz + inter'ᵀ·du`.
     ///
     /// # Shapes
     /// - `x`, `dy`: `[B, T, H]` → `[B, T, H]` (through `[B, T, ffn]`)
