@@ -209,6 +209,7 @@ impl TextClassifier for NoLoss {
             logits: spry::ndarray::Array2::zeros((b, 3)),
             loss: None,
             features: spry::ndarray::Array2::zeros((b, 4)),
+            exact: Vec::new(),
         })
     }
     fn head_params(&self) -> (usize, usize) {

@@ -4,7 +4,8 @@
 //! `(seed, round, client, step, k, tensor)`), run one dual forward pass that returns the loss and
 //! the K JVP scalars, form `ĝ = (1/K) Σ jvp_k v_k`, and step the local optimizer. Tensors that
 //! the objective can differentiate exactly at no activation cost (a task head sitting on the last
-//! activation) may take their exact gradient instead of a forward-gradient estimate.
+//! activation) may take their exact gradient instead of a forward-gradient estimate; so do, always,
+//! the tensors the model reverses locally (`Objective::backprop_params`: BERT's exact top layers).
 
 use ndarray::{Array1, ArrayD};
 use serde::{Deserialize, Serialize};
@@ -46,8 +47,20 @@ pub trait Objective<F: Float>: Sync {
     ) -> Result<LossJvp<F>>;
 
     /// Parameters whose exact gradient the objective can return without storing activations
-    /// (for a classifier: the head's weight and bias).
+    /// (for a classifier: the head's weight and bias). They form the head's optimizer group
+    /// ([`ClientConfig::optimizer_for`]) and take their exact gradient when
+    /// [`ClientConfig::head_grad`] says so.
     fn exact_params(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
+    /// Parameters whose exact gradient the objective returns by a local reverse pass the model
+    /// was configured for (BERT's top layers' adapters,
+    /// `BertClassifier::with_exact_top_layers`), at the memory cost of those layers'
+    /// activations. A client always trains the ones assigned to it on that gradient (never
+    /// perturbed, whatever `head_grad` says) with the adapters' optimizer,
+    /// [`ClientConfig::optimizer`]. Default: none.
+    fn backprop_params(&self) -> Vec<usize> {
         Vec::new()
     }
 
@@ -313,18 +326,20 @@ impl LocalReport {
     }
 }
 
-/// Splits a client's assigned parameters into those it trains on their exact gradient (the
-/// assigned ones among `exact_available`, with [`HeadGrad::Exact`]) and those it perturbs, both in
-/// assignment order.
+/// Splits a client's assigned parameters into those it trains on their exact gradient and
+/// those it perturbs, both in assignment order. Exact: the assigned ones among `backprop` (the
+/// objective's [`Objective::backprop_params`], always), and among `head` (its
+/// [`Objective::exact_params`]) with [`HeadGrad::Exact`].
 pub fn split_exact(
     assigned: &[usize],
-    exact_available: &[usize],
+    head: &[usize],
+    backprop: &[usize],
     head_grad: HeadGrad,
 ) -> (Vec<usize>, Vec<usize>) {
     assigned
         .iter()
         .copied()
-        .partition(|p| head_grad == HeadGrad::Exact && exact_available.contains(p))
+        .partition(|p| backprop.contains(p) || (head_grad == HeadGrad::Exact && head.contains(p)))
 }
 
 /// Trains `params` in place on `batches` for `cfg.local_epochs`, perturbing only `assigned`.
@@ -343,7 +358,8 @@ pub fn train_local<F: Float, O: Objective<F>>(
     key: StepKey,
 ) -> Result<LocalReport> {
     let head = objective.exact_params();
-    let (exact_for, candidates) = split_exact(assigned, &head, cfg.head_grad);
+    let backprop = objective.backprop_params();
+    let (exact_for, candidates) = split_exact(assigned, &head, &backprop, cfg.head_grad);
     let est_cfg = EstimatorConfig {
         jvp_clip: cfg.jvp_clip,
     };

@@ -3,8 +3,10 @@
 //!
 //! - [`exact_gradient`]: the true gradient of some parameters, itself computed in forward mode
 //!   (one JVP per basis direction `e_i`, `∂L/∂θ_i = ∇L·e_i`, K basis directions per dual pass).
-//!   No backward pass exists in spry; this costs `d / K` passes for `d` scalars, so it is for a
-//!   probe batch and one unit at a time, not for training.
+//!   It needs no reverse pass (spry's only one is BERT's exact top layers); this costs `d / K`
+//!   passes for `d` scalars, so it is for a probe batch and one unit at a time, not for training.
+//!   The exactly trained tensors (the head with `HeadGrad::Exact`, and the tensors the model
+//!   reverses locally, `Objective::backprop_params`) are not probed: they carry no estimate.
 //! - [`estimator_cosine`]: the cosine between a K-direction forward-gradient estimate, drawn
 //!   exactly as a client draws it, and the exact gradient. For `v ~ N(0, I)` over d scalars its
 //!   expectation is about `√(K / (d + K + 1))`; a cosine far below that means a broken JVP.
@@ -188,7 +190,8 @@ pub struct RoundDiagnostics {
     pub adapter_norm: f64,
     /// ‖Δ adapters‖ this round.
     pub adapter_update: f64,
-    /// ‖Δ exactly trained tensors‖ (the head) this round.
+    /// ‖Δ exactly trained tensors‖ (the head, and any top-layer adapters the model reverses
+    /// locally) this round.
     pub head_update: f64,
     /// Probe loss with the adapters minus the probe loss with the adapters zeroed (after the
     /// round): negative when the adapters help.
@@ -236,7 +239,12 @@ pub fn adapter_and_exact<F: Float, O: Objective<F>>(
     head_grad: HeadGrad,
 ) -> (Vec<usize>, Vec<usize>) {
     let all: Vec<usize> = (0..params.len()).collect();
-    let (exact, adapters) = split_exact(&all, &objective.exact_params(), head_grad);
+    let (exact, adapters) = split_exact(
+        &all,
+        &objective.exact_params(),
+        &objective.backprop_params(),
+        head_grad,
+    );
     (adapters, exact)
 }
 

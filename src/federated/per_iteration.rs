@@ -1,6 +1,6 @@
 //! The two sides of a per-iteration step ([`super::CommMode::PerIteration`]): every active
 //! client runs one dual pass on the current global and uploads K JVP scalars (plus the exact
-//! gradients of its head); the server replays each client's directions from the seed, forms
+//! gradients of its head and of the tensors its model reverses locally); the server replays each client's directions from the seed, forms
 //! the estimates, averages them per tensor and steps; and the bytes this moves.
 
 use ndarray::ArrayD;
@@ -31,8 +31,11 @@ pub(super) struct StepPass<'a> {
     pub(super) cfg: &'a SimConfig,
     pub(super) round: u64,
     pub(super) step: u64,
-    /// The task's exactly differentiable parameters (the head).
-    pub(super) exact_available: &'a [usize],
+    /// The task's head ([`Objective::exact_params`](super::Objective::exact_params)).
+    pub(super) head: &'a [usize],
+    /// The tensors its model reverses locally
+    /// ([`Objective::backprop_params`](super::Objective::backprop_params)).
+    pub(super) backprop: &'a [usize],
 }
 
 impl StepPass<'_> {
@@ -60,7 +63,7 @@ pub(super) fn client_pass<F: Float, T: FederatedTask<F>>(
     batch: &T::Batch,
 ) -> Result<JvpUpload<F>> {
     let cfg = &pass.cfg.client;
-    let (exact_for, candidates) = split_exact(params, pass.exact_available, cfg.head_grad);
+    let (exact_for, candidates) = split_exact(params, pass.head, pass.backprop, cfg.head_grad);
     let perturbed = cfg.perturbation.filter(global, &candidates);
     let dirs = if perturbed.is_empty() {
         Directions::none(global.len())
@@ -97,15 +100,13 @@ pub(super) fn upload_bytes<F: Float>(u: &JvpUpload<F>, k: usize) -> u64 {
     comm::upload_jvps(k) + extra
 }
 
-/// Bytes of the averaged exact gradients that go to one participant with the JVP broadcast.
-pub(super) fn exact_broadcast_bytes<F: Float>(
-    grads: &[Option<ArrayD<F>>],
-    exact_available: &[usize],
-) -> u64 {
+/// Bytes of the averaged exact gradients (of the tensors `exact`) that go to one participant
+/// with the JVP broadcast.
+pub(super) fn exact_broadcast_bytes<F: Float>(grads: &[Option<ArrayD<F>>], exact: &[usize]) -> u64 {
     let (n_s, n_t) = grads
         .iter()
         .enumerate()
-        .filter(|(p, g)| g.is_some() && exact_available.contains(p))
+        .filter(|(p, g)| g.is_some() && exact.contains(p))
         .fold((0, 0), |(s, t), (_, g)| {
             (s + g.as_ref().map_or(0, |g| g.len()), t + 1)
         });

@@ -768,7 +768,14 @@ impl<F: Float> Simulation<F> {
         }
         let client_cfg = cfg.client.for_round(round);
         let (mut loss_sum, mut n_loss, mut skipped) = (0.0, 0usize, 0usize);
-        let exact_available = task.exact_params();
+        let head = task.exact_params();
+        let backprop = task.backprop_params();
+        // the tensors trained on exact gradients: the locally reversed ones always, the head
+        // when `head_grad` says so
+        let mut exact_trained = backprop.clone();
+        if cfg.client.head_grad == HeadGrad::Exact {
+            exact_trained.extend(head.iter().filter(|p| !backprop.contains(p)));
+        }
         for step in 0..steps {
             // clients: one dual pass each on the current global, upload K scalars (and the exact
             // gradients of the tensors trained on them)
@@ -782,7 +789,8 @@ impl<F: Float> Simulation<F> {
                 cfg: &cfg,
                 round,
                 step: step as u64,
-                exact_available: &exact_available,
+                head: &head,
+                backprop: &backprop,
             };
             let global = &self.global;
             let uploads = parallel_map(work, cfg.workers, |(i, client, params)| {
@@ -800,12 +808,12 @@ impl<F: Float> Simulation<F> {
             loss_sum += replay.loss_sum;
             n_loss += replay.n_loss;
             // the averaged exact gradients go to every participant with the JVP broadcast
-            if cfg.client.head_grad == HeadGrad::Exact {
+            if !exact_trained.is_empty() {
                 bytes.down +=
-                    active.len() as u64 * exact_broadcast_bytes(&replay.grads, &exact_available);
+                    active.len() as u64 * exact_broadcast_bytes(&replay.grads, &exact_trained);
             }
             state.step_with(
-                |p| client_cfg.optimizer_for(p, &exact_available),
+                |p| client_cfg.optimizer_for(p, &head),
                 &mut self.global,
                 &replay.grads,
             )?;

@@ -196,6 +196,16 @@ fn swiglu_with<F: Float, D: Dimension>(
     Ok(Dual::from_parts_unchecked(y, Some(ty)))
 }
 
+/// GELU of one value and its derivative `(g(x), g′(x))`, the same scalar code as [`gelu`] (for
+/// the reverse rule of `kernels::reverse`, which must use the forward's slope).
+#[inline(always)]
+pub(crate) fn gelu_scalar<F: Float>(x: F, kind: GeluKind) -> (F, F) {
+    match kind {
+        GeluKind::Erf => gelu_erf(x),
+        GeluKind::Tanh => gelu_tanh(x),
+    }
+}
+
 // Scalar functions returning (g(x), g′(x)). The primal-only pass keeps `.0`; the slope it drops
 // is pure arithmetic (and `exp`), which the optimiser removes as dead code.
 

@@ -6,6 +6,9 @@
 //! derivatives), then run the tangent part, which is linear in the input tangents, once for all K
 //! directions (stacked into the rows of one GEMM where the op is a matrix product). Symbolic-zero
 //! tangents are skipped. Every fast kernel has a naive `*_reference` twin used by the tests.
+//!
+//! [`reverse`] holds the few reverse-mode rules (primal only) that the exact gradient of the top
+//! encoder layers needs.
 
 pub mod activation;
 pub mod attention;
@@ -23,6 +26,7 @@ pub mod linear;
 pub mod lm_head_loss;
 pub mod lora;
 pub mod pooling;
+pub mod reverse;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;

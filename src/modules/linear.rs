@@ -1,11 +1,12 @@
 //! A frozen linear layer that may carry a LoRA adapter; its weight may be dense or packed
 //! ([`FrozenWeight`]).
 
-use ndarray::{Array, Array1, Array2, Dimension, Ix2};
+use ndarray::{Array, Array1, Array2, ArrayView2, Dimension, Ix2};
 
 use super::lora::LoraConfig;
 use super::pass::Pass;
-use super::trainable::{Trainable, param_dual};
+use super::trainable::{ParamGrads, Trainable, param_dual};
+use crate::kernels::reverse::{frozen_linear_backward, lora_backward};
 use crate::kernels::{FrozenWeight, frozen_linear, lora_frozen_linear};
 use crate::rng::{Domain, KeyedRng};
 use crate::{Dual, Error, Float, Result};
@@ -131,6 +132,56 @@ impl<F: Float> FrozenLinear<F> {
         let scale = F::from_f64(lora.scale());
         let mask = mask.as_ref().map(|m| m.view());
         lora_frozen_linear(x, &self.weight, bias, &a, &b, scale, mask)
+    }
+
+    /// The reverse pass of [`FrozenLinear::forward`] at the primal point of `pass`: given the
+    /// layer's input `x` and `dy = ∂L/∂y`, the input gradient and, if the layer carries an
+    /// adapter, the gradients of its factors (registry indices `A`, `B`):
+    ///
+    /// ```text
+    /// dx = dy·W + s·(dy·B)·A,   dA = s·(dy·B)ᵀ·x,   dB = s·dyᵀ·(x·Aᵀ)
+    /// ```
+    ///
+    /// (`kernels::reverse::frozen_linear_backward`, a packed `W` widened a tile at a time, and
+    /// `kernels::reverse::lora_backward`). `pass.dirs` is not read.
+    ///
+    /// # Shapes
+    /// - `x`: `[N, in]`, `dy`: `[N, out]` → `dx` `[N, in]`; `A` `[r, in]`, `B` `[out, r]`
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the layer carries an adapter and `pass` applies LoRA
+    /// dropout (a dropout key and `lora_dropout > 0`): the reverse rule has no mask;
+    /// [`Error::ShapeMismatch`] for inputs or factors of the wrong shape.
+    pub fn backward(
+        &self,
+        x: ArrayView2<'_, F>,
+        dy: ArrayView2<'_, F>,
+        pass: &Pass<'_, F>,
+    ) -> Result<(Array2<F>, ParamGrads<F>)> {
+        const OP: &str = "FrozenLinear::backward";
+        let mut dx = frozen_linear_backward(dy, &self.weight)?;
+        let Some(slot) = self.adapter else {
+            return Ok((dx, Vec::new()));
+        };
+        if pass.lora_dropout_active() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "`{}`: LoRA dropout is active in the pass and the reverse rule has no mask",
+                    self.path
+                ),
+            ));
+        }
+        let factor = |i: usize| {
+            let v = pass.trainable.value(i);
+            v.view()
+                .into_dimensionality::<Ix2>()
+                .map_err(|_| Error::shape(OP, "a matrix", v.shape()))
+        };
+        let (a, b) = (factor(slot.a)?, factor(slot.b)?);
+        let scale = F::from_f64(pass.lora.scale());
+        let g = lora_backward(x, a, b, scale, dy, Some(dx.view_mut()))?;
+        Ok((dx, vec![(slot.a, g.a.into_dyn()), (slot.b, g.b.into_dyn())]))
     }
 
     /// Checks that the adapter's tensors in `trainable` are matrices `A: [r, in]`, `B: [out, r]`

@@ -13,4 +13,4 @@ pub use lora::{LoraConfig, parse_layers};
 pub use norm::{LayerNorm, RmsNorm};
 pub use pass::Pass;
 pub use peft::{load_peft_adapter, load_peft_tensors, read_peft_config, save_peft_adapter};
-pub use trainable::{Directions, Trainable, Unit};
+pub use trainable::{Directions, ParamGrads, Trainable, Unit};

@@ -1,8 +1,9 @@
 //! Frozen normalisation layers: [`LayerNorm`] (BERT) and [`RmsNorm`] (Llama), each a gain (and
 //! shift) with its ε, applied by the kernels of the same name.
 
-use ndarray::{Array1, Dimension};
+use ndarray::{Array1, Array2, ArrayView2, Dimension};
 
+use crate::kernels::reverse::layer_norm_backward;
 use crate::kernels::{layer_norm, rms_norm};
 use crate::{Dual, Float, Result};
 
@@ -32,6 +33,20 @@ impl<F: Float> LayerNorm<F> {
             self.bias.as_ref().map(|b| b.view()),
             self.eps,
         )
+    }
+
+    /// The reverse pass: `∂L/∂x` given the input `x` and `dy = ∂L/∂y`
+    /// (`kernels::reverse::layer_norm_backward`, `dx = r·(dx̂ − mean(dx̂) − x̂·mean(dx̂⊙x̂))`,
+    /// `dx̂ = dy⊙γ`); γ and β are frozen.
+    ///
+    /// # Shapes
+    /// - `x`, `dy`: `[N, H]` → `[N, H]`
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) if the shapes differ or the rows
+    /// are not `H` wide.
+    pub fn backward(&self, x: ArrayView2<'_, F>, dy: ArrayView2<'_, F>) -> Result<Array2<F>> {
+        layer_norm_backward(x, self.weight.view(), self.eps, dy)
     }
 
     /// Bytes held by the gain and shift.

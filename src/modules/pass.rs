@@ -50,6 +50,11 @@ impl<'a, F: Float> Pass<'a, F> {
         }
     }
 
+    /// Whether the pass applies LoRA dropout: a dropout key and `lora.lora_dropout > 0`.
+    pub fn lora_dropout_active(&self) -> bool {
+        self.dropout.is_some() && self.lora.lora_dropout > 0.0
+    }
+
     /// The same pass with its dropout keyed by `dropout` instead (a micro-batch's own key, or
     /// `None` for a layer that never drops, such as BERT's pooler).
     pub fn with_dropout<'b>(self, dropout: Option<&'b DropoutKey>) -> Pass<'b, F>

@@ -308,6 +308,9 @@ impl<F: Float> Directions<F> {
     }
 }
 
+/// Gradients of some trainable tensors: `(registry index, ∂L/∂θ)`, each shaped like its tensor.
+pub type ParamGrads<F> = Vec<(usize, ArrayD<F>)>;
+
 /// Builds the dual value of parameter `i` as a fixed-rank [`Dual`](crate::Dual) for a kernel.
 ///
 /// # Errors

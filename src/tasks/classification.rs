@@ -1,5 +1,7 @@
 //! Federated text classification: a [`TextClassifier`] (BERT's, or a user's own model) over
-//! federated partitions of labelled texts.
+//! federated partitions of labelled texts. The head's exact gradient comes from the pooled
+//! features; a model with a reverse pass of its own (BERT's exact top layers,
+//! [`BertClassifier::with_exact_top_layers`]) returns the exact gradients of more tensors.
 
 use ndarray::Axis;
 
@@ -39,6 +41,34 @@ pub trait TextClassifier: Sync {
     /// Registry indices of the head's weight `[C, H]` and bias `[C]`, whose exact gradients
     /// the task computes from the features at no activation cost.
     fn head_params(&self) -> (usize, usize);
+
+    /// Registry indices of the tensors (besides the head) whose exact gradient the model can
+    /// return by a reverse pass of its own ([`TextClassifier::classify_with_exact`]): for
+    /// BERT, the top layers' adapters ([`BertClassifier::with_exact_top_layers`]). Default:
+    /// none.
+    fn backprop_params(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
+    /// [`TextClassifier::classify`], plus the exact gradients of the tensors `exact_for` (a
+    /// subset of [`TextClassifier::backprop_params`], given only with labels) in
+    /// [`ClassifierOutput::exact`]. The default, for a model without a reverse pass (whose
+    /// `backprop_params` is empty, so `exact_for` is too), is `classify`.
+    ///
+    /// # Errors
+    /// The model's errors.
+    fn classify_with_exact(
+        &self,
+        input: &Self::Input,
+        labels: Option<&[i64]>,
+        params: &Trainable<f32>,
+        dirs: &Directions<f32>,
+        dropout: Option<&DropoutKey>,
+        exact_for: &[usize],
+    ) -> Result<ClassifierOutput<f32>> {
+        let _ = exact_for;
+        self.classify(input, labels, params, dirs, dropout)
+    }
 }
 
 /// The loss of a pass that was given labels: a [`TextClassifier`] that returns none is a model
@@ -70,6 +100,22 @@ impl TextClassifier for BertClassifier<f32> {
 
     fn head_params(&self) -> (usize, usize) {
         BertClassifier::head_params(self)
+    }
+
+    fn backprop_params(&self) -> Vec<usize> {
+        BertClassifier::backprop_params(self)
+    }
+
+    fn classify_with_exact(
+        &self,
+        input: &BertBatch,
+        labels: Option<&[i64]>,
+        params: &Trainable<f32>,
+        dirs: &Directions<f32>,
+        dropout: Option<&DropoutKey>,
+        exact_for: &[usize],
+    ) -> Result<ClassifierOutput<f32>> {
+        self.forward_with_exact(input, labels, params, dirs, dropout, exact_for)
     }
 }
 
@@ -198,11 +244,36 @@ impl<M: TextClassifier> Objective<f32> for ClassificationTask<'_, M> {
         dropout: Option<&DropoutKey>,
         exact_for: &[usize],
     ) -> Result<LossJvp<f32>> {
-        let out = self
-            .model
-            .classify(&batch.input, Some(&batch.labels), params, dirs, dropout)?;
+        // the model's own reverse pass for the requested tensors it can differentiate exactly
+        let backprop = self.model.backprop_params();
+        let wanted: Vec<usize> = exact_for
+            .iter()
+            .copied()
+            .filter(|p| backprop.contains(p))
+            .collect();
+        let out = self.model.classify_with_exact(
+            &batch.input,
+            Some(&batch.labels),
+            params,
+            dirs,
+            dropout,
+            &wanted,
+        )?;
         let ce = labelled_loss(out.loss)?;
-        let mut exact = Vec::new();
+        let mut exact: Vec<_> = out
+            .exact
+            .into_iter()
+            .filter(|(p, _)| wanted.contains(p))
+            .collect();
+        if let Some(p) = wanted
+            .iter()
+            .find(|&&p| !exact.iter().any(|(q, _)| *q == p))
+        {
+            return Err(Error::invalid(
+                "TextClassifier::classify_with_exact",
+                format!("returned no gradient for tensor {p} of its backprop_params"),
+            ));
+        }
         let (hw, hb) = self.model.head_params();
         if exact_for.contains(&hw) || exact_for.contains(&hb) {
             // the head sits on the last activation: ∂L/∂W = dZᵀ·X, ∂L/∂b = Σ_rows dZ
@@ -224,6 +295,10 @@ impl<M: TextClassifier> Objective<f32> for ClassificationTask<'_, M> {
     fn exact_params(&self) -> Vec<usize> {
         let (w, b) = self.model.head_params();
         vec![w, b]
+    }
+
+    fn backprop_params(&self) -> Vec<usize> {
+        self.model.backprop_params()
     }
 
     fn batch_len(&self, batch: &LabelledBatch<M::Input>) -> usize {

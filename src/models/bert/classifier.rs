@@ -5,12 +5,21 @@
 //! ```text
 //! logits = W_c · pool(x) + b_c,   pool(x) = Σ_t m_t·x_t / Σ_t m_t,  x[:, 0],  or  tanh(W_p · x[:, 0] + b_p)
 //! ```
+//!
+//! Optionally ([`BertClassifier::with_exact_top_layers`]) the adapters of the top encoder layers
+//! get their exact gradient by a reverse pass through just those layers
+//! ([`BertClassifier::forward_with_exact`]).
 
-use ndarray::{Array1, Array2, Ix1, Ix2};
+use std::collections::BTreeMap;
+
+use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
 
 use super::{Bert, BertBatch, PEFT_PREFIX};
 use crate::io::BertConfig;
-use crate::kernels::{CrossEntropy, cross_entropy, first_token_pool, linear_dual, mean_pool};
+use crate::kernels::reverse::{first_token_pool_backward, mean_pool_backward};
+use crate::kernels::{
+    CrossEntropy, cross_entropy, cross_entropy_logit_grad, first_token_pool, linear_dual, mean_pool,
+};
 use crate::models::{AdaptedModel, WeightSource, argmax_rows};
 use crate::modules::trainable::param_dual;
 use crate::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Trainable};
@@ -25,6 +34,9 @@ pub struct ClassifierOutput<F: Float> {
     pub loss: Option<CrossEntropy<F>>,
     /// The head's input `[B, H]` (the pooled features), for exact head gradients.
     pub features: Array2<F>,
+    /// Exact gradients `(registry index, ∂L/∂θ)` of the top layers' adapter tensors a pass was
+    /// asked for ([`BertClassifier::forward_with_exact`]), in the order asked; empty otherwise.
+    pub exact: Vec<(usize, ArrayD<F>)>,
 }
 
 /// How the classifier turns the last hidden state into the head's input.
@@ -56,6 +68,8 @@ pub struct BertClassifier<F: Float> {
     head_unit: usize,
     head_weight: usize,
     head_bias: usize,
+    /// Top encoder layers whose adapters get their exact gradient (0: none).
+    exact_top: usize,
 }
 
 impl<F: Float> BertClassifier<F> {
@@ -103,6 +117,7 @@ impl<F: Float> BertClassifier<F> {
                 head_unit: unit,
                 head_weight: params.start,
                 head_bias: params.start + 1,
+                exact_top: 0,
             },
             trainable,
         ))
@@ -118,6 +133,37 @@ impl<F: Float> BertClassifier<F> {
     /// [`Bert::with_max_rows`]).
     pub fn with_max_rows(self, max_rows: usize) -> Self {
         AdaptedModel::with_max_rows(self, max_rows)
+    }
+
+    /// Gives the adapters of the top `n` encoder layers their exact gradient by a local
+    /// reverse pass through just those layers (0, the default: none). Their registry indices
+    /// are [`BertClassifier::backprop_params`]; [`BertClassifier::forward_with_exact`] returns
+    /// their gradients beside the forward-mode JVPs of everything else. The memory this costs
+    /// is the n layers' `[B, T, H]` inputs plus one layer's activations (recomputed; see
+    /// `models/bert/top.rs`).
+    ///
+    /// An `n` larger than the number of layers is refused at use: every pass then returns
+    /// [`Error::InvalidArgument`].
+    pub fn with_exact_top_layers(mut self, n: usize) -> Self {
+        self.exact_top = n;
+        self
+    }
+
+    /// The number of top layers trained on their exact gradient
+    /// ([`BertClassifier::with_exact_top_layers`]).
+    pub fn exact_top_layers(&self) -> usize {
+        self.exact_top
+    }
+
+    /// Registry indices of the adapter tensors (`lora_A`, `lora_B`) of the top
+    /// [`exact_top_layers`](Self::exact_top_layers) encoder layers, registry order: what
+    /// [`BertClassifier::forward_with_exact`] can differentiate exactly. Empty when the option
+    /// is off or those layers carry no adapter (a LoRA config restricted to lower layers).
+    pub fn backprop_params(&self) -> Vec<usize> {
+        let n = self.bert.n_layers();
+        (n - self.exact_top.min(n)..n)
+            .flat_map(|l| self.bert.layer_params(l))
+            .collect()
     }
 
     /// The pooling in use.
@@ -173,16 +219,51 @@ impl<F: Float> BertClassifier<F> {
         dirs: &Directions<F>,
         dropout: Option<&DropoutKey>,
     ) -> Result<ClassifierOutput<F>> {
+        self.forward_with_exact(batch, labels, trainable, dirs, dropout, &[])
+    }
+
+    /// [`BertClassifier::forward`], plus the exact gradients of the mean cross-entropy with
+    /// respect to the tensors `exact_for` (a subset of [`BertClassifier::backprop_params`]) in
+    /// [`ClassifierOutput::exact`], in that order. The dual pass runs as always (the JVPs along
+    /// `dirs` are unchanged); the top layers are then reversed from
+    ///
+    /// ```text
+    /// dZ = (softmax(Z) − onehot(y)) / n_valid,   dpooled = dZ·W_c,
+    /// dh = mean pooling: m_bt·dpooled_b / Σ_t m_bt  |  pooler: ((1 − p)(1 + p)⊙dpooled)·W_p at t = 0
+    /// ```
+    ///
+    /// down to the lowest layer that holds a requested tensor ([`Bert::backward_top`]), at the
+    /// primal point of `trainable`. An empty `exact_for` is exactly [`BertClassifier::forward`].
+    ///
+    /// # Errors
+    /// As [`BertClassifier::forward`]; [`Error::InvalidArgument`] if
+    /// [`with_exact_top_layers`](Self::with_exact_top_layers) exceeds the number of layers (on
+    /// every pass), or, with a non-empty `exact_for`, if a tensor is not in
+    /// [`BertClassifier::backprop_params`], no labels are given, or the pass applies LoRA
+    /// dropout (a dropout key and `lora_dropout > 0`: the reverse rules have no mask).
+    pub fn forward_with_exact(
+        &self,
+        batch: &BertBatch,
+        labels: Option<&[i64]>,
+        trainable: &Trainable<F>,
+        dirs: &Directions<F>,
+        dropout: Option<&DropoutKey>,
+        exact_for: &[usize],
+    ) -> Result<ClassifierOutput<F>> {
+        const OP: &str = "BertClassifier::forward";
         if let Some(l) = labels
             && l.len() != batch.ids.nrows()
         {
             return Err(Error::shape(
-                "BertClassifier::forward",
+                OP,
                 format!("[{}] labels", batch.ids.nrows()),
                 &[l.len()],
             ));
         }
-        let h = self.bert.encode(batch, trainable, dirs, dropout)?;
+        let top = self.reversed_layers(labels, dropout, exact_for)?;
+        let (h, saved) = self
+            .bert
+            .encode_saving(batch, trainable, dirs, dropout, top)?;
         let pooled = match self.pooling {
             Pooling::Pooler => self.bert.pool(&h, trainable, dirs)?,
             Pooling::Mean => mean_pool(&h, batch.mask.view())?,
@@ -196,11 +277,89 @@ impl<F: Float> BertClassifier<F> {
             Some(l) => Some(cross_entropy(&logits, l, -100)?),
             None => None,
         };
+        let (logits, features) = (logits.into_primal(), pooled.into_primal());
+        let mut exact = Vec::new();
+        if let (true, Some(labels)) = (top > 0, labels) {
+            // ∂L/∂h from the head, then the reverse pass through the saved top layers
+            let dz = cross_entropy_logit_grad(logits.view(), labels, -100)?;
+            let dpooled = dz.dot(w.primal());
+            let t = batch.ids.ncols();
+            let dh = match self.pooling {
+                Pooling::Pooler => self
+                    .bert
+                    .pool_backward(features.view(), dpooled.view(), t)?,
+                Pooling::Mean => mean_pool_backward(dpooled.view(), batch.mask.view())?,
+                Pooling::Cls => first_token_pool_backward(dpooled.view(), t)?,
+            };
+            let mut grads: BTreeMap<usize, ArrayD<F>> = self
+                .bert
+                .backward_top(batch, saved, dh.view(), trainable, dropout)?
+                .into_iter()
+                .collect();
+            for p in exact_for {
+                let g = grads
+                    .remove(p)
+                    .ok_or_else(|| Error::invalid(OP, format!("no gradient of tensor {p}")))?;
+                exact.push((*p, g));
+            }
+        }
         Ok(ClassifierOutput {
-            logits: logits.into_primal(),
+            logits,
             loss,
-            features: pooled.into_primal(),
+            features,
+            exact,
         })
+    }
+
+    /// How many top layers a pass reverses for the tensors `exact_for`: down to the lowest
+    /// layer holding one of them (0 when none is asked for), after checking the request.
+    fn reversed_layers(
+        &self,
+        labels: Option<&[i64]>,
+        dropout: Option<&DropoutKey>,
+        exact_for: &[usize],
+    ) -> Result<usize> {
+        const OP: &str = "BertClassifier::forward";
+        let n = self.bert.n_layers();
+        if self.exact_top > n {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "exact gradients for the top {} layers, the encoder has {n}",
+                    self.exact_top
+                ),
+            ));
+        }
+        if exact_for.is_empty() {
+            return Ok(0);
+        }
+        if labels.is_none() {
+            return Err(Error::invalid(OP, "exact gradients need labels"));
+        }
+        if dropout.is_some() && self.bert.lora().lora_dropout > 0.0 {
+            return Err(Error::invalid(
+                OP,
+                "exact gradients with LoRA dropout active in the pass: the reverse rules have \
+                 no mask",
+            ));
+        }
+        let mut lowest = n;
+        for &p in exact_for {
+            let layer = (n - self.exact_top..n).find(|&l| self.bert.layer_params(l).contains(&p));
+            match layer {
+                Some(l) => lowest = lowest.min(l),
+                None => {
+                    return Err(Error::invalid(
+                        OP,
+                        format!(
+                            "tensor {p} is not an adapter of the top {} layers (backprop_params)",
+                            self.exact_top
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(n - lowest)
     }
 
     /// Predicted classes (argmax of the logits) for a batch, with the adapters as they are.

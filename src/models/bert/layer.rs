@@ -7,6 +7,12 @@
 //! ```
 //! Each of the six linear layers may carry a LoRA adapter (PEFT's suffix match on `query`, `key`,
 //! `value`, `attention.output.dense`, `intermediate.dense`, `output.dense`).
+//!
+//! Each sub-block and the layer also have a reverse pass (`backward`, in `layer/reverse.rs`) that
+//! recomputes the primal forward from the saved input and returns the input gradient and the
+//! adapters' gradients: the exact gradient of the top layers' adapters.
+
+mod reverse;
 
 use ndarray::{ArrayView2, Ix3};
 

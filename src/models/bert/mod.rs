@@ -20,13 +20,14 @@ mod embeddings;
 mod layer;
 mod pooler;
 mod saved;
+mod top;
 
-use ndarray::{Array2, Axis, Ix2, Ix3};
+use ndarray::{Array2, Array3, Axis, Ix2, Ix3};
 
 use super::adapted::AdaptedModel;
 pub use super::adapted::PEFT_PREFIX;
 pub use super::argmax_rows;
-use super::microbatch::{DEFAULT_MAX_ROWS, map_micro_batches};
+use super::microbatch::DEFAULT_MAX_ROWS;
 use super::source::WeightSource;
 use super::weight_path::{Adapters, WeightPath};
 pub use batch::BertBatch;
@@ -35,6 +36,7 @@ pub use embeddings::Embeddings;
 pub use layer::{FeedForward, Layer, SelfAttention, gelu_kind};
 pub use pooler::Pooler;
 pub use saved::{CLASSIFIER_CONFIG_FILE, ClassifierConfig};
+pub use top::TopInputs;
 
 use crate::io::BertConfig;
 use crate::kernels::{first_token_pool, mean_pool};
@@ -157,6 +159,11 @@ impl<F: Float> Bert<F> {
         dirs: &Directions<F>,
         dropout: Option<&DropoutKey>,
     ) -> Result<Dual<F, Ix3>> {
+        Ok(self.encode_saving(batch, trainable, dirs, dropout, 0)?.0)
+    }
+
+    /// Checks that a batch's ids, segment ids and mask have one shape.
+    fn check_batch(&self, batch: &BertBatch) -> Result<()> {
         if batch.ids.dim() != batch.mask.dim() || batch.ids.dim() != batch.type_ids.dim() {
             return Err(Error::shape(
                 "Bert::encode",
@@ -164,17 +171,23 @@ impl<F: Float> Bert<F> {
                 batch.mask.shape(),
             ));
         }
-        let (b, t) = batch.ids.dim();
-        let pass = self.pass(trainable, dirs, dropout);
-        map_micro_batches(b, t, self.max_rows, dropout, |range, key| {
-            self.forward(&batch.rows(range), &pass.with_dropout(key))
-        })
+        Ok(())
     }
 
-    /// [`Bert::encode`] of the whole batch in one pass: the embeddings, then every layer.
-    fn forward(&self, batch: &BertBatch, pass: &Pass<'_, F>) -> Result<Dual<F, Ix3>> {
+    /// [`Bert::encode`] of the whole batch in one pass: the embeddings, then every layer,
+    /// pushing the primal input of every layer from `save_from` on into `saved`.
+    fn forward(
+        &self,
+        batch: &BertBatch,
+        pass: &Pass<'_, F>,
+        save_from: usize,
+        saved: &mut Vec<Array3<F>>,
+    ) -> Result<Dual<F, Ix3>> {
         let mut x = self.embeddings.forward(batch)?;
-        for layer in &self.layers {
+        for (l, layer) in self.layers.iter().enumerate() {
+            if l >= save_from {
+                saved.push(x.primal().clone());
+            }
             x = layer.forward(x, batch.mask.view(), pass)?;
         }
         Ok(x)
