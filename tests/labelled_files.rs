@@ -1,7 +1,7 @@
 //! Labelled files: TSV, CSV and JSON Lines with string or integer labels, sentence pairs and a
 //! group column; the label set inferred from a training file and a test file read against it;
 //! `id2label` maps; every malformed file as a typed error naming its line; the real Rotten
-//! Tomatoes file exactly as the first TSV loader read it.
+//! Tomatoes file exactly as the first TSV loader read it; pairs through the task's batches.
 
 #[path = "common/assets.rs"]
 mod assets;
@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use serde_json::json;
-use spry::Error;
 use spry::data::{
     Columns, Example, FileFormat, LabelSet, MAX_CLASSES, PartitionScheme, load_labelled,
     load_labelled_against, load_labelled_tsv,
 };
+use spry::{Error, TextTokenizer, TokenizerOptions};
 
 // ---- helpers -------------------------------------------------------------------------------------
 
@@ -661,6 +661,74 @@ fn rotten_tomatoes_loads_exactly_as_the_first_loader_read_it() {
             .zip(&want)
             .all(|(e, w)| (&e.text, e.label, e.group.as_ref().unwrap()) == (&w.0, w.1, &w.2))
     );
+}
+
+// ---- pairs through the task ----------------------------------------------------------------------
+
+/// A model that never runs: the task's batches are all this test looks at.
+struct Unused;
+
+impl spry::tasks::TextClassifier for Unused {
+    type Input = spry::tokenizer::TokenBatch;
+
+    fn classify(
+        &self,
+        _input: &Self::Input,
+        _labels: Option<&[i64]>,
+        _params: &spry::modules::Trainable<f32>,
+        _dirs: &spry::modules::Directions<f32>,
+        _dropout: Option<&spry::modules::DropoutKey>,
+    ) -> spry::Result<spry::models::bert::ClassifierOutput<f32>> {
+        Err(Error::invalid("Unused", "not a model"))
+    }
+
+    fn head_params(&self) -> (usize, usize) {
+        (0, 1)
+    }
+}
+
+#[test]
+fn pairs_reach_the_model_as_two_segments() {
+    let tok = TextTokenizer::from_file(
+        assets::asset("all-MiniLM-L6-v2/tokenizer.json"),
+        TokenizerOptions::default(),
+    )
+    .unwrap();
+    let train = vec![
+        Example::new("a man eats", 0).with_text_pair("someone eats food"),
+        Example::new("a cat sleeps", 1),
+    ];
+    let task = spry::tasks::ClassificationTask::new(
+        &Unused,
+        &tok,
+        train.clone(),
+        Vec::new(),
+        &PartitionScheme::Iid,
+        1,
+        0,
+    )
+    .unwrap();
+    let b = task.batch(&train, &[0, 1]).unwrap();
+    assert_eq!(b.labels, [0, 1]);
+    let pair = tok
+        .encode_pair("a man eats", "someone eats food", true)
+        .unwrap();
+    let single = tok.encode("a cat sleeps", true).unwrap();
+    let row = |r: usize, n: usize| {
+        b.input
+            .ids
+            .row(r)
+            .iter()
+            .take(n)
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row(0, pair.len()), pair.ids);
+    assert_eq!(row(1, single.len()), single.ids);
+    // [CLS] a man eats [SEP] | someone eats food [SEP]
+    let types: Vec<u32> = b.input.type_ids.row(0).to_vec();
+    assert_eq!(types, [0, 0, 0, 0, 0, 1, 1, 1, 1]);
+    assert!(b.input.type_ids.row(1).iter().all(|&t| t == 0));
 }
 
 // ---- properties ----------------------------------------------------------------------------------
