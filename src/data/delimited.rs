@@ -1,5 +1,6 @@
 //! TSV and CSV rows through the `csv` crate: a header row names the columns, CSV fields may be
-//! quoted (RFC 4180), TSV has no quoting. Blank lines between rows are skipped.
+//! quoted (RFC 4180), TSV has no quoting. A row ends at `\n`, `\r\n` or a lone `\r` (outside
+//! quotes); empty lines between rows are skipped.
 
 use csv::{Position, ReaderBuilder, StringRecord};
 
@@ -8,7 +9,7 @@ use super::rows::{RawRow, Source, Width};
 use crate::Result;
 
 /// The line a record starts on. The csv crate's position of a record is where the previous one
-/// ended, before the blank lines it skips: count those (`\r` and `\n` only) from that byte on.
+/// ended, before the empty lines it skips: count those (`\r` and `\n` only) from that byte on.
 fn start_line(content: &[u8], pos: Option<&Position>) -> u64 {
     let Some(pos) = pos else { return 0 };
     let skipped = usize::try_from(pos.byte())

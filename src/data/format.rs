@@ -13,7 +13,8 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FileFormat {
     /// Tab-separated values with a header row, no quoting: every `"` is text and a field ends at
-    /// the next tab or line end (the IANA `text/tab-separated-values` convention).
+    /// the next tab or line end (`\n`, `\r\n` or a lone `\r`), the IANA
+    /// `text/tab-separated-values` convention. A text cannot hold a tab or a line break.
     #[serde(rename = "tsv")]
     Tsv,
     /// Comma-separated values with a header row, quoted as RFC 4180 says: a field in double
