@@ -30,12 +30,13 @@
 //! ## Federated finetuning on your own labelled file
 //!
 //! A BERT-family checkpoint folder (`config.json`, `model.safetensors`, `tokenizer.json`), a
-//! labelled TSV file, and the recipe tuned for classification
+//! labelled TSV, CSV or JSON Lines file (string or integer labels, optionally sentence pairs:
+//! [`data::load_labelled`]), and the recipe tuned for classification
 //! ([`federated::SimConfig::tuned_classifier`]); [`io::asset`] finds the model files through
 //! `$SPRY_ASSETS`, `./assets` or a per-user cache.
 //!
 //! ```no_run
-//! use spry::data::{PartitionScheme, holdout, load_labelled_tsv};
+//! use spry::data::{Columns, PartitionScheme, holdout, load_labelled};
 //! use spry::federated::{SimConfig, Simulation};
 //! use spry::models::bert::Pooling;
 //! use spry::models::pretrained::load_bert_classifier_dir;
@@ -43,7 +44,7 @@
 //! use spry::tasks::ClassificationTask;
 //! use spry::TokenizerOptions;
 //!
-//! let examples = load_labelled_tsv("topics.tsv".as_ref(), "text", "label", None)?;
+//! let (examples, labels) = load_labelled("topics.csv".as_ref(), &Columns::new("text", "label"))?;
 //! let (train, test) = holdout(examples, 0.2, 0)?;
 //! let lora = LoraConfig {
 //!     layers_to_transform: Some(vec![4, 5]),
@@ -51,7 +52,7 @@
 //! };
 //! let dir = spry::io::asset("all-MiniLM-L6-v2")?;
 //! let opts = TokenizerOptions::default().with_max_len(64);
-//! let (model, initial, tokenizer) = load_bert_classifier_dir(&dir, &lora, 3, 0, opts)?;
+//! let (model, initial, tokenizer) = load_bert_classifier_dir(&dir, &lora, labels.len(), 0, opts)?;
 //! let model = model.with_pooling(Pooling::Mean);
 //! let task =
 //!     ClassificationTask::new(&model, &tokenizer, train, test, &PartitionScheme::Iid, 100, 0)?;

@@ -9,9 +9,10 @@
 //! - [`bpe_from_gguf_vocab`] builds the byte-level BPE that llama.cpp's GGUF metadata
 //!   (`tokenizer.ggml.tokens`, `.token_type`, `.merges`) describes, from plain vectors, so it does
 //!   not depend on a GGUF reader.
-//! - [`TextTokenizer::encode`] gives one sequence's ids, type ids and mask;
-//!   [`TextTokenizer::encode_batch`] pads a batch to its longest sequence and returns `[B, T]`
-//!   arrays plus a `[B, T]` boolean mask; [`TextTokenizer::decode`] maps ids back to text.
+//! - [`TextTokenizer::encode`] gives one sequence's ids, type ids and mask,
+//!   [`TextTokenizer::encode_pair`] a sentence pair's (type ids 1 on the second segment);
+//!   [`TextTokenizer::encode_batch`] and [`TextTokenizer::encode_pair_batch`] pad a batch to its
+//!   longest sequence and return `[B, T]` arrays plus a `[B, T]` boolean mask; [`TextTokenizer::decode`] maps ids back to text.
 
 use std::path::Path;
 
@@ -66,7 +67,8 @@ impl TokenizerOptions {
 pub struct TokenEncoding {
     /// Token ids, special tokens included when requested.
     pub ids: Vec<u32>,
-    /// Segment (token type) ids: all 0 for a single sequence.
+    /// Segment (token type) ids: all 0 for a single sequence; for a pair (BERT), 0 on the first
+    /// segment and 1 on the second.
     pub type_ids: Vec<u32>,
     /// Attention mask: `true` for every real token (all `true` without padding).
     pub attention_mask: Vec<bool>,
@@ -219,6 +221,32 @@ impl TextTokenizer {
         })
     }
 
+    /// Encodes a sentence pair: `[CLS] text [SEP] pair [SEP]` for BERT's post-processor, whose
+    /// type ids are 0 on the first segment (with `[CLS]` and its `[SEP]`) and 1 on the second.
+    /// With [`max_len`](TokenizerOptions::max_len) set, the `tokenizers` crate's longest-first
+    /// truncation shares the room left by the special tokens: a text shorter than half of it is
+    /// kept whole and the other cut, else both are cut to about half.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] if the underlying tokenizer fails (for instance a `max_len` too short
+    /// for a pair's special tokens).
+    pub fn encode_pair(
+        &self,
+        text: &str,
+        pair: &str,
+        add_special_tokens: bool,
+    ) -> Result<TokenEncoding> {
+        let enc = self
+            .inner
+            .encode((text, pair), add_special_tokens)
+            .map_err(|e| tok_err("encode_pair", e))?;
+        Ok(TokenEncoding {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+            attention_mask: enc.get_attention_mask().iter().map(|&m| m != 0).collect(),
+        })
+    }
+
     /// Encodes a batch and right-pads it to its longest sequence (dynamic padding).
     ///
     /// Sequences are encoded one after the other on the calling thread (no thread pool).
@@ -238,6 +266,35 @@ impl TextTokenizer {
             .iter()
             .map(|t| self.encode(t.as_ref(), add_special_tokens))
             .collect::<Result<Vec<_>>>()?;
+        Ok(self.pad(&encs))
+    }
+
+    /// Encodes a batch of texts, each alone (`(text, None)`, as [`TextTokenizer::encode`]) or
+    /// with a second text (`(text, Some(pair))`, as [`TextTokenizer::encode_pair`]), and
+    /// right-pads it to its longest sequence as [`TextTokenizer::encode_batch`] does.
+    ///
+    /// # Shapes
+    /// - output `ids`, `type_ids`, `mask`: `[B, T]` with `B = pairs.len()`, `T` the longest length
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] if the underlying tokenizer fails on any input.
+    pub fn encode_pair_batch<S: AsRef<str>>(
+        &self,
+        pairs: &[(S, Option<S>)],
+        add_special_tokens: bool,
+    ) -> Result<TokenBatch> {
+        let encs = pairs
+            .iter()
+            .map(|(a, b)| match b {
+                None => self.encode(a.as_ref(), add_special_tokens),
+                Some(b) => self.encode_pair(a.as_ref(), b.as_ref(), add_special_tokens),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.pad(&encs))
+    }
+
+    /// Right-pads encodings to the longest: pad id, type id 0 and mask `false` after each end.
+    fn pad(&self, encs: &[TokenEncoding]) -> TokenBatch {
         let lengths: Vec<usize> = encs.iter().map(TokenEncoding::len).collect();
         let t = lengths.iter().copied().max().unwrap_or(0);
         let b = encs.len();
@@ -257,12 +314,12 @@ impl TextTokenizer {
                 mask[[i, j]] = m;
             }
         }
-        Ok(TokenBatch {
+        TokenBatch {
             ids,
             type_ids,
             mask,
             lengths,
-        })
+        }
     }
 
     /// Decodes ids to text; `skip_special_tokens` drops special tokens (`<|im_end|>`, `[CLS]`).

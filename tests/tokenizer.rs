@@ -147,6 +147,71 @@ fn minilm_batch_pads_to_longest() {
 }
 
 #[test]
+fn minilm_sentence_pairs_have_a_second_segment() {
+    let tk = minilm(TokenizerOptions::default());
+    // the reference without the file's padding and truncation to 128
+    let mut reference = tokenizers::Tokenizer::from_file(asset(MINILM_TOKENIZER)).unwrap();
+    reference.with_padding(None).with_truncation(None).unwrap();
+    let (a, b) = ("The cat sat.", "A cat was sitting on the mat.");
+    let pair = tk.encode_pair(a, b, true).unwrap();
+    let want = reference.encode((a, b), true).unwrap();
+    assert_eq!(pair.ids, want.get_ids());
+    assert_eq!(pair.type_ids, want.get_type_ids());
+    // [CLS] a [SEP] b [SEP]: type ids 0 up to the first [SEP], 1 after it
+    let (cls, sep) = (101, 102);
+    let first_sep = pair.ids.iter().position(|&id| id == sep).unwrap();
+    assert_eq!(pair.ids[0], cls);
+    assert_eq!(*pair.ids.last().unwrap(), sep);
+    assert_eq!(
+        &pair.ids[..first_sep],
+        &tk.encode(a, true).unwrap().ids[..first_sep]
+    );
+    assert!(pair.type_ids[..=first_sep].iter().all(|&t| t == 0));
+    assert!(pair.type_ids[first_sep + 1..].iter().all(|&t| t == 1));
+    assert!(pair.attention_mask.iter().all(|&m| m));
+
+    // a batch mixing a pair and a single text, padded like encode_batch
+    let batch = tk
+        .encode_pair_batch(&[(a, Some(b)), ("Hello.", None)], true)
+        .unwrap();
+    let single = tk.encode_batch(&["Hello."], true).unwrap();
+    assert_eq!(batch.ids.dim(), (2, pair.len()));
+    assert_eq!(batch.lengths, [pair.len(), single.lengths[0]]);
+    assert_eq!(batch.ids.row(0).to_vec(), pair.ids);
+    assert_eq!(batch.type_ids.row(0).to_vec(), pair.type_ids);
+    let n = single.lengths[0];
+    assert_eq!(
+        batch.ids.row(1).slice(spry::ndarray::s![..n]),
+        single.ids.row(0)
+    );
+    assert!(batch.ids.row(1).iter().skip(n).all(|&id| id == tk.pad_id()));
+    assert!(
+        batch.type_ids.row(1).iter().all(|&t| t == 0),
+        "padding has type 0"
+    );
+    assert_eq!(batch.mask.row(1).iter().filter(|&&m| m).count(), n);
+    // all singles: the very batch of encode_batch
+    let texts = ["one", "two words"];
+    let singles: Vec<(&str, Option<&str>)> = texts.iter().map(|&t| (t, None)).collect();
+    assert_eq!(
+        tk.encode_pair_batch(&singles, true).unwrap(),
+        tk.encode_batch(&texts, true).unwrap()
+    );
+
+    // truncation keeps both [SEP]s and cuts the longer text, the shorter keeping its 4 tokens
+    // as they fit in half of the 9 left after the special tokens
+    let tk = minilm(TokenizerOptions::default().with_max_len(12));
+    let cut = tk.encode_pair(a, b, true).unwrap();
+    assert_eq!(cut.len(), 12);
+    assert_eq!(cut.ids.iter().filter(|&&id| id == sep).count(), 2);
+    assert_eq!(
+        &cut.ids[..first_sep],
+        &pair.ids[..first_sep],
+        "the shorter text is whole"
+    );
+}
+
+#[test]
 fn minilm_truncation_override() {
     let tk = minilm(TokenizerOptions::default().with_max_len(5));
     assert_eq!(tk.max_len(), Some(5));

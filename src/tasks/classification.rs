@@ -184,13 +184,18 @@ impl<'m, M: TextClassifier> ClassificationTask<'m, M> {
         })
     }
 
-    /// Tokenises `examples[idx]` with dynamic padding.
+    /// Tokenises `examples[idx]` with dynamic padding; an example with a
+    /// [`text_pair`](Example::text_pair) is encoded as a pair (BERT: `[CLS] text [SEP] pair
+    /// [SEP]`, segment ids 1 on the pair).
     ///
     /// # Errors
     /// Tokenizer errors.
     pub fn batch(&self, examples: &[Example], idx: &[usize]) -> Result<LabelledBatch<M::Input>> {
-        let texts: Vec<&str> = idx.iter().map(|&i| examples[i].text.as_str()).collect();
-        let tb = self.tokenizer.encode_batch(&texts, true)?;
+        let texts: Vec<(&str, Option<&str>)> = idx
+            .iter()
+            .map(|&i| (examples[i].text.as_str(), examples[i].text_pair.as_deref()))
+            .collect();
+        let tb = self.tokenizer.encode_pair_batch(&texts, true)?;
         Ok(LabelledBatch {
             input: tb.into(),
             labels: idx.iter().map(|&i| examples[i].label as i64).collect(),
