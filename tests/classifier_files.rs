@@ -20,6 +20,7 @@ use spry::models::source::RandomWeights;
 use spry::modules::{Directions, read_peft_config};
 use spry::ndarray::ArrayD;
 use spry::recipes::classification::{ClassificationRun, EvalSplit};
+
 use spry::{Result, TokenizerOptions};
 
 /// A scratch folder of this test process.
@@ -81,20 +82,19 @@ fn tiny_bert_dir(dir: &Path) {
     .unwrap();
 }
 
-/// 60 texts of three topics, labelled by name, tab-separated.
+/// 60 texts of three topics labelled by name, as CSV with quoted texts (commas inside).
 fn write_topics(path: &Path) {
     let topics = [
-        ("weather", "sunny warm bright weather"),
-        ("storm", "rain storm cold wind"),
-        ("markets", "stock market price"),
+        ("weather", "sunny, warm and bright weather"),
+        ("storm", "rain, storm and cold wind"),
+        ("markets", "stock market, \"\"price\"\""),
     ];
-    let mut tsv = String::from("text\tlabel\n");
+    let mut csv = String::from("text,label\n");
     for i in 0..60 {
         let (label, words) = topics[i % 3];
-        tsv.push_str(&format!("{words} on day {i}\t{}\n", i % 3));
-        let _ = label;
+        csv.push_str(&format!("\"{words} on day {i}\",{label}\n"));
     }
-    std::fs::write(path, tsv).unwrap();
+    std::fs::write(path, csv).unwrap();
 }
 
 #[test]
@@ -103,13 +103,15 @@ fn a_trained_adapter_labels_texts_exactly_as_the_run_left_it() {
     let model_dir = root.join("tiny-bert");
     std::fs::create_dir_all(&model_dir).unwrap();
     tiny_bert_dir(&model_dir);
-    let data = root.join("topics.tsv");
+    let data = root.join("topics.csv");
     write_topics(&data);
     let run = ClassificationRun {
         model_dir: Some(model_dir.clone()),
         train: Some(data),
-        eval: EvalSplit::Val,
-        val_frac: 0.2,
+        // no test file: 20% of the file is held out as the test set, 10% of the rest as
+        // validation
+        eval: EvalSplit::Test,
+        test_frac: 0.2,
         rounds: 2,
         clients: 6,
         per_round: 3,
@@ -124,6 +126,10 @@ fn a_trained_adapter_labels_texts_exactly_as_the_run_left_it() {
     let out = root.join("run");
     let outcome = run.run(&out, false, |_| {}).unwrap();
     assert_eq!(outcome.history.len(), 2);
+    // 60 rows: 12 test, 48 → 5 validation (held out, unused here) and 43 training examples
+    let summary = &outcome.summary;
+    assert_eq!(summary["eval_split"], "test");
+    assert!(summary["final_test_accuracy"].as_f64().is_some());
     for f in [
         "config.json",
         "metrics.csv",
@@ -162,7 +168,11 @@ fn a_trained_adapter_labels_texts_exactly_as_the_run_left_it() {
         got, want,
         "reloaded classifier differs from the run's state"
     );
-    assert_eq!(config.n_labels(), 3);
+    // the classes are the file's names, sorted
+    assert_eq!(
+        (config.label(0), config.label(1), config.label(2)),
+        ("markets".into(), "storm".into(), "weather".into())
+    );
     assert_eq!(config.max_len, Some(16));
     // the adapters moved in training: the head is not all there is
     let none = Directions::none(p2.len());

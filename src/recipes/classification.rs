@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::bundled::{MINILM_DIR, ensure_bundled};
 use super::config::{by_name, record_settings};
-use crate::data::{Example, PartitionScheme, holdout, load_labelled_tsv};
+use crate::data::{
+    Columns, Example, LabelSet, PartitionScheme, holdout, load_labelled, load_labelled_against,
+};
 use crate::federated::{
     ClientConfig, CommMode, DiagnosticsConfig, DirectionScheme, Evaluation, FederatedTask,
     HeadGrad, LocalOptimizer, LrSchedule, Method, Perturbation, PlannerKind, RoundMetrics,
@@ -102,17 +104,27 @@ pub struct ClassificationRun {
     /// `mean`.
     #[arg(long)]
     pub pooling: Option<Pooling>,
-    /// Training file (TSV with a header row); default: the bundled rt_polarity training split.
+    /// Training file: TSV or CSV with a header row, or JSON Lines (by its extension: `.tsv`,
+    /// `.csv`, `.jsonl`); default: the bundled rt_polarity training split.
     #[arg(long)]
     pub train: Option<PathBuf>,
-    /// Test file (same columns); default: the bundled rt_polarity test split when `train` is
-    /// the default, else none (then `--eval test` is an error: evaluate on `val`).
+    /// Test file (same columns; its labels must be classes of the training file); default: the
+    /// bundled rt_polarity test split when `train` is the default, else `test_frac` of the
+    /// training file.
     #[arg(long)]
     pub test: Option<PathBuf>,
+    /// Without a test file: the fraction of the training file held out as the test set
+    /// (seeded, before the validation split is cut).
+    #[arg(long, default_value_t = defaults().test_frac)]
+    pub test_frac: f64,
     /// Column of the text.
     #[arg(long, default_value_t = defaults().text_column)]
     pub text_column: String,
-    /// Column of the label (class indices 0..C).
+    /// Column of the second text of a sentence pair (NLI, paraphrase), if any.
+    #[arg(long)]
+    pub text_pair_column: Option<String>,
+    /// Column of the label: class names (the sorted distinct names of the training file
+    /// become the classes) or class indices 0..C.
     #[arg(long, default_value_t = defaults().label_column)]
     pub label_column: String,
     /// Column that groups examples for `--partition natural` (rt_polarity: `movie`).
@@ -279,7 +291,9 @@ impl Default for ClassificationRun {
             pooling: None,
             train: None,
             test: None,
+            test_frac: 0.2,
             text_column: "text".into(),
+            text_pair_column: None,
             label_column: "label".into(),
             group_column: None,
             method: sim.method,
@@ -323,6 +337,10 @@ impl Default for ClassificationRun {
         }
     }
 }
+
+/// Mixed into the seed of the test split cut from a training file, so that it is not the
+/// validation split's draw.
+const TEST_SPLIT_KEY: u64 = 0x7e57;
 
 /// The held-out learning rate of the head on a forward-gradient estimate (the better of 0.03
 /// and 0.1 on the validation split; at 1 it blew up).
@@ -444,54 +462,42 @@ impl ClassificationRun {
         })
     }
 
-    /// The training examples, the evaluation examples (validation split or test file) and the
-    /// number of classes (largest training label + 1).
+    /// The training examples, the evaluation examples (validation split, test file, or the
+    /// held-out test fraction) and the classes of the training file.
     ///
     /// # Errors
-    /// File errors; [`Error::InvalidArgument`] for fewer than two classes, an evaluation label
-    /// outside them, or `eval = test` without a test file.
-    pub fn load_data(&self) -> Result<(Vec<Example>, Vec<Example>, usize)> {
+    /// File errors (with file and line); [`Error::InvalidArgument`] for fractions outside
+    /// (0, 1).
+    pub fn load_data(&self) -> Result<(Vec<Example>, Vec<Example>, LabelSet)> {
         let (train_path, test_path) = self.data_files();
-        let read = |p: &Path| {
-            load_labelled_tsv(
-                p,
-                &self.text_column,
-                &self.label_column,
-                self.group_column.as_deref(),
-            )
+        let columns = Columns {
+            text: self.text_column.clone(),
+            text_pair: self.text_pair_column.clone(),
+            label: self.label_column.clone(),
+            group: self.group_column.clone(),
         };
-        let (train, val) = holdout(read(&train_path)?, self.val_frac, self.seed)?;
-        let eval = match (self.eval, test_path) {
-            (EvalSplit::Val, _) => val,
-            (EvalSplit::Test, Some(p)) => read(&p)?,
-            (EvalSplit::Test, None) => {
-                return Err(Error::invalid(
-                    "ClassificationRun",
-                    "--eval test needs a --test file (or evaluate on the validation split: \
-                     --eval val)",
-                ));
+        let (all, labels) = load_labelled(&train_path, &columns)?;
+        let (train, eval) = match test_path {
+            Some(path) => {
+                let (train, val) = holdout(all, self.val_frac, self.seed)?;
+                let eval = match self.eval {
+                    EvalSplit::Val => val,
+                    EvalSplit::Test => load_labelled_against(&path, &columns, &labels)?,
+                };
+                (train, eval)
+            }
+            None => {
+                // the test split is cut first, with its own stream of the seed
+                let (rest, test) = holdout(all, self.test_frac, self.seed ^ TEST_SPLIT_KEY)?;
+                let (train, val) = holdout(rest, self.val_frac, self.seed)?;
+                let eval = match self.eval {
+                    EvalSplit::Val => val,
+                    EvalSplit::Test => test,
+                };
+                (train, eval)
             }
         };
-        let n_labels = train.iter().map(|e| e.label + 1).max().unwrap_or(0);
-        if n_labels < 2 {
-            return Err(Error::invalid(
-                "ClassificationRun",
-                format!(
-                    "{}: the training labels name {n_labels} class(es); need at least 2",
-                    train_path.display()
-                ),
-            ));
-        }
-        if let Some(e) = eval.iter().find(|e| e.label >= n_labels) {
-            return Err(Error::invalid(
-                "ClassificationRun",
-                format!(
-                    "evaluation label {} is not among the {n_labels} training classes",
-                    e.label
-                ),
-            ));
-        }
-        Ok((train, eval, n_labels))
+        Ok((train, eval, labels))
     }
 
     /// The pooling: `pooling`, else the one a sentence-transformers folder names in
@@ -533,7 +539,8 @@ impl ClassificationRun {
         require_files(&model_dir, &BERT_DIR_FILES)?;
         let bert_config = BertConfig::from_file(model_dir.join("config.json"))?;
         let lora = self.lora_config(bert_config.num_hidden_layers)?;
-        let (train, eval, n_labels) = self.load_data()?;
+        let (train, eval, labels) = self.load_data()?;
+        let n_labels = labels.len();
         let opts = TokenizerOptions::default().with_max_len(self.max_len);
         let (model, initial, tokenizer) =
             load_bert_classifier_dir(&model_dir, &lora, n_labels, self.seed, opts)?;
@@ -541,8 +548,7 @@ impl ClassificationRun {
         let model = model
             .with_pooling(pooling)
             .with_exact_top_layers(self.exact_top_layers);
-        let names: Vec<String> = (0..n_labels).map(|i| i.to_string()).collect();
-        let saved = ClassifierConfig::new(&names, pooling, Some(self.max_len))?;
+        let saved = ClassifierConfig::new(labels.names(), pooling, Some(self.max_len))?;
         let scheme = match self.partition {
             PartitionKind::Dirichlet => PartitionScheme::Dirichlet { alpha: self.alpha },
             PartitionKind::Iid => PartitionScheme::Iid,
