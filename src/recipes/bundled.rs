@@ -44,7 +44,7 @@ pub fn smollm2_gguf() -> Result<PathBuf> {
 
 /// Every file `scripts/fetch_assets.sh` installs that the examples and tests read, relative to
 /// the assets folder.
-pub const BUNDLED_FILES: [&str; 10] = [
+pub const BUNDLED_FILES: [&str; 11] = [
     "all-MiniLM-L6-v2/config.json",
     "all-MiniLM-L6-v2/model.safetensors",
     "all-MiniLM-L6-v2/tokenizer.json",
@@ -55,6 +55,7 @@ pub const BUNDLED_FILES: [&str; 10] = [
     "text/rt_polarity_train.tsv",
     "text/rt_polarity_test.tsv",
     "text/hamlet.txt",
+    "text/debates_2016.csv",
 ];
 
 /// The fetch script of this source tree (`scripts/fetch_assets.sh` beside `Cargo.toml`).
