@@ -64,11 +64,7 @@ fn examples(n: usize, seed: u64) -> Vec<Example> {
                 .iter()
                 .find_map(|w| WORDS[..6].iter().position(|x| x == w))
                 .map_or(2, |i| i % 2);
-            Example {
-                text: words.join(" "),
-                label,
-                group: None,
-            }
+            Example::new(words.join(" "), label)
         })
         .collect()
 }

@@ -16,6 +16,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::bundled::{MINILM_DIR, ensure_bundled};
+pub use super::config::EvalSplit;
 use super::config::{by_name, record_settings};
 use crate::data::{
     Columns, Example, LabelSet, PartitionScheme, holdout, load_labelled, load_labelled_against,
@@ -75,17 +76,6 @@ from_names!(PartitionKind,
     "iid" => PartitionKind::Iid,
     "natural" => PartitionKind::Natural,
 );
-
-/// Which held-out split the periodic evaluations report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EvalSplit {
-    /// The validation split cut from the training file (for choosing settings).
-    Val,
-    /// The test file (for final numbers only).
-    Test,
-}
-
-from_names!(EvalSplit, "val" => EvalSplit::Val, "test" => EvalSplit::Test);
 
 /// Every setting of a federated classification run. Each field is a flag (`--per-round 20`) and
 /// a config-file key (`per_round = 20`); the defaults are the recipe chosen on rt_polarity's

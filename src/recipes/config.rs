@@ -18,6 +18,18 @@ use serde_json::{Map, Value};
 
 use crate::{Error, Result};
 
+/// Which held-out split a run's evaluations report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalSplit {
+    /// The validation split, cut from the training data and never trained on (for choosing
+    /// settings).
+    Val,
+    /// The test split (for final numbers only).
+    Test,
+}
+
+from_names!(EvalSplit, "val" => EvalSplit::Val, "test" => EvalSplit::Test);
+
 /// Name of the effective settings file in a run's output folder.
 pub const EFFECTIVE_CONFIG: &str = "config.json";
 

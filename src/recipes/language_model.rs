@@ -16,7 +16,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::bundled::{SMOLLM2_GGUF, ensure_bundled};
-use super::config::{by_name, record_settings};
+use super::config::{EvalSplit, by_name, record_settings};
 use crate::data::iid;
 use crate::federated::{
     ClientConfig, CommMode, DirectionScheme, HeadGrad, LocalOptimizer, LrSchedule, Method,
@@ -29,17 +29,6 @@ use crate::modules::{LoraConfig, Trainable, parse_layers, save_peft_adapter};
 use crate::tasks::{LanguageModelTask, lm_sequences};
 use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
-
-/// Which held-out block the NLL is measured on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeldOut {
-    /// The sequences just before the test block (for choosing settings).
-    Val,
-    /// The end of the text (to report).
-    Test,
-}
-
-from_names!(HeldOut, "val" => HeldOut::Val, "test" => HeldOut::Test);
 
 /// Every setting of a federated causal-LM finetuning run; each a flag and a config-file key.
 #[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,10 +70,11 @@ pub struct LanguageModelRun {
     /// Sequences in each held-out block (at most a tenth of the text).
     #[arg(long, default_value_t = defaults().eval_seqs)]
     pub eval_seqs: usize,
-    /// Held-out block of the NLL: `val` (choosing settings) or `test` (reporting).
+    /// Held-out block of the NLL: `val` (the sequences just before the test block, for
+    /// choosing settings) or `test` (the end of the text, for reporting).
     #[arg(long, default_value_t = defaults().eval)]
     #[serde(with = "by_name")]
-    pub eval: HeldOut,
+    pub eval: EvalSplit,
     /// Evaluate every this many rounds (0: only at the end).
     #[arg(long, default_value_t = defaults().eval_every)]
     pub eval_every: u64,
@@ -145,7 +135,7 @@ impl Default for LanguageModelRun {
             batch_size: 1,
             train_seqs: 320,
             eval_seqs: 24,
-            eval: HeldOut::Test,
+            eval: EvalSplit::Test,
             eval_every: 0,
             k: 4,
             lr: None,
@@ -279,8 +269,8 @@ impl LanguageModelRun {
         }
         let (train_end, val_end) = (seqs.len() - 2 * n_eval, seqs.len() - n_eval);
         let held_out = match self.eval {
-            HeldOut::Val => seqs[train_end..val_end].to_vec(),
-            HeldOut::Test => seqs[val_end..].to_vec(),
+            EvalSplit::Val => seqs[train_end..val_end].to_vec(),
+            EvalSplit::Test => seqs[val_end..].to_vec(),
         };
         let mut train = seqs[..train_end].to_vec();
         if self.train_seqs > 0 {
