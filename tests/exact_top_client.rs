@@ -219,6 +219,41 @@ fn a_client_trains_the_top_layer_on_its_exact_gradient() {
             );
         }
     }
+    // under `b-only` the top layer's lora_A stays at its initialisation like every other A,
+    // and its lora_B still steps on the exact gradient
+    let cfg = ClientConfig {
+        perturbation: Perturbation::LoraBOnly,
+        ..client_config(HeadGrad::Exact)
+    };
+    // (B non-zero, so that A has a non-zero gradient to ignore)
+    let mut start = initial.clone();
+    for p in &top {
+        if start.names()[*p].contains("lora_B") {
+            let b = start.value(*p).mapv(|_| 0.1f32);
+            start.set_value(*p, b).unwrap();
+        }
+    }
+    let mut params = start.clone();
+    let mut state = OptimizerState::new(params.len());
+    train_local(
+        &task,
+        &mut params,
+        &all,
+        std::slice::from_ref(&batch),
+        &cfg,
+        &mut state,
+        key,
+    )
+    .unwrap();
+    for p in &top {
+        let is_a = start.names()[*p].contains("lora_A");
+        assert_eq!(
+            params.value(*p) == start.value(*p),
+            is_a,
+            "{}: b-only must train B and leave A",
+            start.names()[*p]
+        );
+    }
     // FedMeZO perturbs everything assigned, the top layer too (no exact gradients asked)
     let mut params = initial.clone();
     let mut state = OptimizerState::new(params.len());

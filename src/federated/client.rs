@@ -211,7 +211,9 @@ impl LrSchedule {
     }
 }
 
-/// Which tensors of a client's assigned LoRA units are perturbed (and so trained).
+/// Which tensors of a client's assigned LoRA units are trained: perturbed by directions, or,
+/// for tensors the objective differentiates exactly (exact top layers), given their exact
+/// gradient.
 ///
 /// With LoRA's initialisation B = 0, `ΔW = s·B·A` has `∂L/∂A = s·Bᵀ·∂L/∂ΔW = 0`: while B is
 /// zero, a direction on A changes nothing in the pass, its JVP component is 0 and the estimate
@@ -373,6 +375,8 @@ pub fn train_local<F: Float, O: Objective<F>>(
             let step_key = StepKey { step, ..key };
             step += 1;
             let perturbed = cfg.perturbation.filter(params, &candidates);
+            // the same rule picks which exactly differentiated LoRA factors are trained
+            let exact_for = cfg.perturbation.filter(params, &exact_for);
             let dirs = if perturbed.is_empty() {
                 Directions::none(params.len())
             } else {

@@ -65,6 +65,8 @@ pub(super) fn client_pass<F: Float, T: FederatedTask<F>>(
     let cfg = &pass.cfg.client;
     let (exact_for, candidates) = split_exact(params, pass.head, pass.backprop, cfg.head_grad);
     let perturbed = cfg.perturbation.filter(global, &candidates);
+    // the same rule picks which exactly differentiated LoRA factors are trained
+    let exact_for = cfg.perturbation.filter(global, &exact_for);
     let dirs = if perturbed.is_empty() {
         Directions::none(global.len())
     } else {
