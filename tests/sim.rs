@@ -5,9 +5,9 @@ mod tiny_model;
 
 use ndarray::ArrayD;
 use spry::federated::{
-    Aggregator, ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad, LocalOptimizer,
-    LossJvp, Method, Objective, Perturbation, Plan, Planner, PlannerKind, ServerOptimizer,
-    SimConfig, Simulation,
+    Aggregator, Checkpoint, ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad,
+    LocalOptimizer, LossJvp, Method, Objective, Perturbation, Plan, Planner, PlannerKind,
+    ServerOptimizer, SimConfig, Simulation,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use spry::{Error, Result};
@@ -526,5 +526,47 @@ fn diagnostics_observe_without_changing_the_run() {
         }
         assert!(d.adapter_norm > 0.0 && d.adapter_update > 0.0 && d.head_update > 0.0);
         assert!(d.adapter_loss_change.is_finite() && d.seconds >= 0.0);
+    }
+}
+
+#[test]
+fn a_checkpoint_is_validated_before_a_resume_uses_it() {
+    let cfg = config(Method::Spry, CommMode::PerEpoch);
+    let task = TinyTask::new();
+    let mut sim = Simulation::new(cfg.clone(), init_params(5)).unwrap();
+    sim.run(&task, None, |m| m.round < 2).unwrap();
+    let good = serde_json::to_value(sim.checkpoint()).unwrap();
+    let sizes: Vec<usize> = init_params(5).values().iter().map(|v| v.len()).collect();
+    let resume = |v: &serde_json::Value| {
+        let ckpt: Checkpoint = serde_json::from_value(v.clone()).unwrap();
+        Simulation::resume(&cfg, init_params(5), ckpt).map(|_| ())
+    };
+    resume(&good).unwrap();
+    type Edit = fn(&mut serde_json::Value, &[usize]);
+    let cases: [(&str, Edit); 6] = [
+        ("a tensor one value short", |v, _| {
+            v["params"][0].as_array_mut().unwrap().pop();
+        }),
+        ("round u64::MAX", |v, _| v["round"] = u64::MAX.into()),
+        ("more metrics than rounds", |v, _| v["round"] = 1.into()),
+        ("another server optimizer", |v, _| {
+            v["server"]["optimizer"] = serde_json::to_value(ServerOptimizer::fedadam()).unwrap();
+        }),
+        ("a negative second moment", |v, sizes| {
+            let mut vs = vec![serde_json::Value::Null; sizes.len()];
+            vs[0] = vec![-1.0; sizes[0]].into();
+            v["server"]["v"] = vs.into();
+        }),
+        ("a client state shorter than the parameters", |v, _| {
+            v["client_states"] = serde_json::json!({"0": {"steps": [0], "m": [null], "v": [null]}});
+        }),
+    ];
+    for (what, edit) in cases {
+        let mut bad = good.clone();
+        edit(&mut bad, &sizes);
+        assert!(
+            matches!(resume(&bad), Err(Error::InvalidArgument { .. })),
+            "{what}: accepted"
+        );
     }
 }

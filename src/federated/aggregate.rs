@@ -206,6 +206,27 @@ pub struct ServerState {
 }
 
 impl ServerState {
+    /// Checks a state (for example a checkpoint's) against the configured `optimizer` and
+    /// parameters of `sizes` elements.
+    ///
+    /// # Errors
+    /// A message naming the first inconsistency: another optimizer, a vector of the wrong
+    /// length, a non-finite moment, a negative second moment.
+    pub fn check(
+        &self,
+        optimizer: &ServerOptimizer,
+        sizes: &[usize],
+    ) -> std::result::Result<(), String> {
+        if self.optimizer != *optimizer {
+            return Err(format!(
+                "server optimizer {:?}, but the configuration says {optimizer:?}",
+                self.optimizer
+            ));
+        }
+        super::optim::check_moments("server first moments", &self.m, sizes, false)?;
+        super::optim::check_moments("server second moments", &self.v, sizes, true)
+    }
+
     /// Fresh (zero) state for `n_params` parameters.
     pub fn new(optimizer: ServerOptimizer, n_params: usize) -> Self {
         ServerState {

@@ -98,7 +98,51 @@ pub struct OptimizerState {
     v: Vec<Option<Vec<f64>>>,
 }
 
+/// Checks moment vectors against the parameter sizes: one entry per parameter, each absent or
+/// of the parameter's length, every value finite, second moments (`second`) non-negative.
+pub(crate) fn check_moments(
+    what: &str,
+    moments: &[Option<Vec<f64>>],
+    sizes: &[usize],
+    second: bool,
+) -> std::result::Result<(), String> {
+    if moments.len() != sizes.len() {
+        return Err(format!(
+            "{what}: {} entries for {} parameters",
+            moments.len(),
+            sizes.len()
+        ));
+    }
+    for (i, (m, &n)) in moments.iter().zip(sizes).enumerate() {
+        let Some(m) = m else { continue };
+        if m.len() != n {
+            return Err(format!("{what}[{i}]: {} values for {n}", m.len()));
+        }
+        if let Some(x) = m.iter().find(|x| !x.is_finite() || (second && **x < 0.0)) {
+            return Err(format!("{what}[{i}]: value {x} out of range"));
+        }
+    }
+    Ok(())
+}
+
 impl OptimizerState {
+    /// Checks a state (for example a checkpoint's) against parameters of `sizes` elements.
+    ///
+    /// # Errors
+    /// A message naming the first inconsistency: a vector of the wrong length, a non-finite
+    /// moment, a negative second moment.
+    pub fn check(&self, sizes: &[usize]) -> std::result::Result<(), String> {
+        if self.steps.len() != sizes.len() {
+            return Err(format!(
+                "step counts: {} for {} parameters",
+                self.steps.len(),
+                sizes.len()
+            ));
+        }
+        check_moments("first moments", &self.m, sizes, false)?;
+        check_moments("second moments", &self.v, sizes, true)
+    }
+
     /// Fresh state for `n_params` parameters.
     pub fn new(n_params: usize) -> Self {
         OptimizerState {

@@ -278,6 +278,55 @@ pub struct Checkpoint {
     pub aggregator_state: Option<serde_json::Value>,
 }
 
+impl Checkpoint {
+    /// Checks the whole checkpoint against its own configuration and parameters of `sizes`
+    /// elements, before a resume uses any of it: the parameter count and lengths, finite
+    /// values, the server state (its optimizer must be the configuration's), every optimizer
+    /// state, and a round count within the configured rounds (so it cannot overflow).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first inconsistency.
+    pub fn validate(&self, sizes: &[usize]) -> Result<()> {
+        let bad = |msg: String| Error::invalid("Checkpoint::validate", msg);
+        if self.round > self.config.rounds {
+            return Err(bad(format!(
+                "round {} is past the configured {} rounds",
+                self.round, self.config.rounds
+            )));
+        }
+        if self.history.len() as u64 > self.round {
+            return Err(bad(format!(
+                "{} rounds of metrics for {} rounds",
+                self.history.len(),
+                self.round
+            )));
+        }
+        if self.params.len() != sizes.len() {
+            return Err(bad(format!(
+                "{} tensors for a model with {}",
+                self.params.len(),
+                sizes.len()
+            )));
+        }
+        let params: Vec<Option<Vec<f64>>> = self.params.iter().cloned().map(Some).collect();
+        super::optim::check_moments("parameters", &params, sizes, false).map_err(bad)?;
+        self.server
+            .check(&self.config.server, sizes)
+            .map_err(&bad)?;
+        for (client, state) in &self.client_states {
+            state
+                .check(sizes)
+                .map_err(|e| bad(format!("client {client}: {e}")))?;
+        }
+        if let Some(state) = &self.iteration_state {
+            state
+                .check(sizes)
+                .map_err(|e| bad(format!("per-iteration state: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// A running simulation.
 ///
 /// The planner and the server's aggregation rule come from `config` (the serialisable presets
@@ -363,19 +412,25 @@ impl<F: Float> Simulation<F> {
                 "the checkpoint was written by a run with another configuration",
             ));
         }
-        if ckpt.params.len() != initial.len() {
-            return Err(Error::invalid(
-                OP,
-                "checkpoint and model have different trainable tensors",
-            ));
-        }
+        let sizes: Vec<usize> = initial.values().iter().map(|v| v.len()).collect();
+        ckpt.validate(&sizes)?;
+        // every value converted and checked before the registry changes
+        let mut values = Vec::with_capacity(ckpt.params.len());
         for (i, flat) in ckpt.params.iter().enumerate() {
             let shape = initial.value(i).shape().to_vec();
-            let v = ArrayD::from_shape_vec(
-                shape.clone(),
-                flat.iter().map(|&x| F::from_f64(x)).collect(),
-            )
-            .map_err(|_| Error::shape(OP, format!("{shape:?}"), &[flat.len()]))?;
+            let converted: Vec<F> = flat.iter().map(|&x| F::from_f64(x)).collect();
+            if converted.iter().any(|x| !x.is_finite()) {
+                return Err(Error::invalid(
+                    OP,
+                    format!("tensor {i} holds a value out of the model's float range"),
+                ));
+            }
+            values.push(
+                ArrayD::from_shape_vec(shape.clone(), converted)
+                    .map_err(|_| Error::shape(OP, format!("{shape:?}"), &[flat.len()]))?,
+            );
+        }
+        for (i, v) in values.into_iter().enumerate() {
             initial.set_value(i, v)?;
         }
         Ok(Simulation {
