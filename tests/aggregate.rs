@@ -485,6 +485,7 @@ fn bad_updates() -> Vec<(&'static str, ClientUpdate<f64>)> {
         ("+Inf", with(&|u| u.params[0].1[[1, 0]] = f64::INFINITY)),
         ("-Inf", with(&|u| u.params[1].1[[2]] = f64::NEG_INFINITY)),
         ("zero examples", with(&|u| u.n_examples = 0)),
+        ("u64::MAX examples", with(&|u| u.n_examples = u64::MAX)),
     ]
 }
 
@@ -636,4 +637,38 @@ fn fedavg_sets_the_average() {
     assert_eq!(g.value(0), &arr(&[2, 2], &[4.0, 5.0, 0.0, 1.0]));
     assert_eq!(g.value(2), &arr(&[2], &[7.0, -7.0]));
     assert_eq!(g.value(1), &p1_before);
+}
+
+/// Finite updates whose average or server step leaves the float range fail the round as a
+/// whole, with the global state and the server state bit-identical.
+#[test]
+fn a_step_that_would_leave_the_float_range_changes_nothing() {
+    let big = f64::MAX / 2.0 * 1.5;
+    for (what, optimizer, start) in [
+        // the weighted sum of two huge updates overflows
+        ("FedAvg, sum", ServerOptimizer::fedavg(), 0.0),
+        // the average is finite, but the step from a global at −big is not
+        (
+            "FedAvgM, step",
+            ServerOptimizer::fedavgm(0.9).with_eta(1.0),
+            -big,
+        ),
+        ("FedAvg, step", ServerOptimizer::FedAvg { eta: 1.0 }, -big),
+    ] {
+        let mut g = registry();
+        g.set_value(0, arr(&[2, 2], &[start; 4])).unwrap();
+        let mut st = ServerState::new(optimizer, 3);
+        let (g0, st0) = (bits(&g), st.clone());
+        let updates = vec![
+            update(10, ROUND, 3, vec![(0, arr(&[2, 2], &[big; 4]))]),
+            update(12, ROUND, 5, vec![(0, arr(&[2, 2], &[big; 4]))]),
+        ];
+        let err = aggregate_round(&mut g, &mut st, &round_expectation(), updates, 1).unwrap_err();
+        assert!(
+            matches!(&err, Error::Round { reason, .. } if reason.contains("not finite")),
+            "{what}: {err:?}"
+        );
+        assert_eq!(bits(&g), g0, "{what}: global changed");
+        assert_eq!(st, st0, "{what}: server state changed");
+    }
 }

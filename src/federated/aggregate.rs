@@ -336,13 +336,17 @@ fn sign(x: f64) -> f64 {
     }
 }
 
+/// The largest example count one client may claim for one round (2³²): an update's averaging
+/// weight is its example count, so an absurd count would let one client outweigh the rest.
+pub const MAX_EXAMPLES_PER_UPDATE: u64 = 1 << 32;
+
 /// Checks one update against the round's expectation and the global shapes, without changing
 /// anything.
 ///
 /// # Errors
 /// [`Error::RejectedUpdate`] for a wrong round, an unknown (unsampled) or duplicate client, a
 /// parameter the client was not assigned or that does not exist, a repeated parameter, a shape
-/// mismatch, a non-finite value, or zero examples.
+/// mismatch, a non-finite value, zero examples or more than [`MAX_EXAMPLES_PER_UPDATE`].
 pub fn validate_update<F: Float>(
     update: &ClientUpdate<F>,
     expected: &RoundExpectation,
@@ -371,6 +375,12 @@ pub fn validate_update<F: Float>(
     }
     if update.n_examples == 0 {
         return Err(reject("zero training examples".into()));
+    }
+    if update.n_examples > MAX_EXAMPLES_PER_UPDATE {
+        return Err(reject(format!(
+            "{} training examples (at most {MAX_EXAMPLES_PER_UPDATE})",
+            update.n_examples
+        )));
     }
     let mut seen = BTreeSet::new();
     for (p, value) in &update.params {
@@ -440,9 +450,14 @@ pub struct AggregationReport {
 /// Validates every update, drops the invalid ones, and if at least `min_clients` remain, applies
 /// the per-parameter weighted averages through `aggregator`.
 ///
+/// A round whose averages or server step would leave a non-finite value in the global state (for
+/// example finite updates near the float range, which a weighted sum or a momentum step pushes
+/// past it) fails as a whole: the global state and the aggregator's state are restored bit for
+/// bit.
+///
 /// # Errors
-/// [`Error::Round`] if fewer than `min_clients` valid updates arrived; the global state is then
-/// untouched.
+/// [`Error::Round`] if fewer than `min_clients` valid updates arrived, or the step would make the
+/// global state non-finite; the global state and the aggregator are then untouched.
 pub fn aggregate_round<F: Float, A: Aggregator<F> + ?Sized>(
     global: &mut Trainable<F>,
     aggregator: &mut A,
@@ -479,7 +494,29 @@ pub fn aggregate_round<F: Float, A: Aggregator<F> + ?Sized>(
         .filter(|(_, a)| a.is_none())
         .map(|(p, _)| p)
         .collect();
-    aggregator.apply(global, &averages)?;
+    let round_failed = |name: &str, what: &str| Error::Round {
+        round: expected.round,
+        reason: format!("the {what} of `{name}` is not finite; the round changed nothing"),
+    };
+    if let Some(p) = averages
+        .iter()
+        .position(|a| a.as_ref().is_some_and(|a| a.iter().any(|v| !v.is_finite())))
+    {
+        return Err(round_failed(&global.names()[p], "clients' average"));
+    }
+    // the step is undone if it fails or leaves anything non-finite
+    let (before, state) = (global.clone(), aggregator.state());
+    let outcome = aggregator.apply(global, &averages).and_then(|()| {
+        match (0..global.len()).find(|&p| global.value(p).iter().any(|v| !v.is_finite())) {
+            Some(p) => Err(round_failed(&global.names()[p], "server step's result")),
+            None => Ok(()),
+        }
+    });
+    if let Err(err) = outcome {
+        *global = before;
+        aggregator.restore(state)?;
+        return Err(err);
+    }
     Ok(AggregationReport {
         accepted: accepted.iter().map(|u| u.client).collect(),
         rejected,
