@@ -119,8 +119,9 @@ impl TextTokenizer {
     ///
     /// # Errors
     /// [`Error::Io`] if the file cannot be read; [`Error::Format`] (format `tokenizer.json`) if it
-    /// is not a valid tokenizer description; [`Error::InvalidArgument`] if `opts` is invalid for
-    /// this tokenizer (see [`TextTokenizer::with_options`]).
+    /// is not a valid tokenizer description; [`Error::Tokenizer`] if it loads but panics when it
+    /// encodes; [`Error::InvalidArgument`] if `opts` is invalid for this tokenizer (see
+    /// [`TextTokenizer::with_options`]).
     pub fn from_file(path: impl AsRef<Path>, opts: TokenizerOptions) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
@@ -183,6 +184,19 @@ impl TextTokenizer {
         inner
             .with_truncation(trunc)
             .map_err(|e| tok_err("setting truncation", e))?;
+        // exercised once: a description that loads but panics when it encodes (a post-processor
+        // naming a special token it does not define) is a typed error here, not a panic later
+        let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = inner.encode("a", true);
+            let _ = inner.encode(("a", "b"), true);
+        }));
+        if probe.is_err() {
+            return Err(Error::Tokenizer {
+                msg: "the tokenizer panics when it encodes a text (a post-processor template \
+                      naming a special token it does not define?)"
+                    .into(),
+            });
+        }
         let pad_id = opts.pad_id.unwrap_or(default_pad);
         if inner.id_to_token(pad_id).is_none() {
             return Err(Error::invalid(

@@ -428,3 +428,23 @@ fn missing_or_corrupt_tokenizer_file_errors() {
         );
     }
 }
+
+/// A `tokenizer.json` whose post-processor template names a special token it does not define
+/// loads in the `tokenizers` crate and panics on its first encode; spry tries it once at load
+/// and returns a typed error instead.
+#[test]
+fn a_tokenizer_that_panics_when_it_encodes_is_refused_at_load() {
+    let path = asset("all-MiniLM-L6-v2/tokenizer.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["post_processor"]["single"][0]["SpecialToken"]["id"] = "[NOPE]".into();
+    let dir = std::env::temp_dir().join(format!("spry-tok-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("tokenizer.json");
+    std::fs::write(&bad, json.to_string()).unwrap();
+    match TextTokenizer::from_file(&bad, TokenizerOptions::default()) {
+        Err(Error::Tokenizer { msg }) => assert!(msg.contains("panics"), "{msg}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a tokenizer that panics on encode was accepted"),
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
