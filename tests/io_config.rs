@@ -295,3 +295,57 @@ fn llama_errors_name_the_file() {
     assert!(m.contains("num_key_value_heads"), "{m}");
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Sizes and hyper-parameters have documented ranges: an absurd value is a Config error naming
+/// it, before anything is allocated for it.
+#[test]
+fn absurd_sizes_and_hyper_parameters_are_refused() {
+    let huge = 1u64 << 40;
+    for (json, needle) in [
+        (
+            format!(
+                r#"{{"vocab_size": 100, "hidden_size": 16, "num_hidden_layers": {huge},
+                "num_attention_heads": 4, "intermediate_size": 64}}"#
+            ),
+            "num_hidden_layers",
+        ),
+        (
+            format!(
+                r#"{{"vocab_size": {huge}, "hidden_size": 16, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "intermediate_size": 64}}"#
+            ),
+            "vocab_size",
+        ),
+        (with(BERT_MIN, r#""layer_norm_eps": 1.0"#), "layer_norm_eps"),
+        (
+            with(BERT_MIN, &format!(r#""max_position_embeddings": {huge}"#)),
+            "max_position_embeddings",
+        ),
+    ] {
+        let m = msg(BertConfig::from_json(&json));
+        assert!(m.contains(needle), "{needle}: {m}");
+    }
+    for (extra, needle) in [
+        (r#""rms_norm_eps": 0.5"#, "rms_norm_eps"),
+        (r#""rope_theta": 1e300"#, "rope_theta"),
+        (r#""rope_theta": 0.5"#, "rope_theta"),
+        (
+            r#""max_position_embeddings": 1099511627776"#,
+            "max_position_embeddings",
+        ),
+    ] {
+        let m = msg(LlamaConfig::from_json(&with(LLAMA_MIN, extra)));
+        assert!(m.contains(needle), "{needle}: {m}");
+    }
+    // LoRA: α of 0, negative, huge; a rank past the limit
+    for (r, alpha) in [(4, 0.0), (4, -8.0), (4, 1e308), (1 << 20, 8.0)] {
+        let lora = spry::modules::LoraConfig::new(r, alpha, 0.0, &["query"]);
+        assert!(
+            matches!(lora.validate(), Err(Error::InvalidArgument { .. })),
+            "r {r}, alpha {alpha} accepted"
+        );
+    }
+    spry::modules::LoraConfig::new(4, 8.0, 0.0, &["query"])
+        .validate()
+        .unwrap();
+}

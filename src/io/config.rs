@@ -109,6 +109,42 @@ fn default_absolute() -> String {
     "absolute".to_owned()
 }
 
+/// The largest size any model dimension may declare (2²⁴: a vocabulary of 16.7 M tokens, a
+/// context of 16.7 M positions), and the most layers (4096): far above every real checkpoint,
+/// far below what would make a loader allocate without bound.
+pub const MAX_DIMENSION: usize = 1 << 24;
+/// The most layers a config may declare.
+pub const MAX_LAYERS: usize = 4096;
+/// The largest normalisation ε a config may declare (real ones are 1e-12 to 1e-5).
+pub const MAX_NORM_EPS: f64 = 0.1;
+
+/// The largest RoPE base θ a config may declare.
+pub const MAX_ROPE_THETA: f64 = 1e10;
+
+/// Checks `sizes` are in `1..=MAX_DIMENSION` (layer counts in `1..=MAX_LAYERS`).
+fn check_sizes(sizes: &[(&str, usize)]) -> std::result::Result<(), String> {
+    for &(name, v) in sizes {
+        let max = if name.ends_with("layers") {
+            MAX_LAYERS
+        } else {
+            MAX_DIMENSION
+        };
+        if v == 0 || v > max {
+            return Err(format!("{name} {v} outside 1..={max}"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a normalisation ε is in `(0, MAX_NORM_EPS]`.
+fn check_eps(name: &str, eps: f64) -> std::result::Result<(), String> {
+    if eps.is_finite() && eps > 0.0 && eps <= MAX_NORM_EPS {
+        Ok(())
+    } else {
+        Err(format!("{name} {eps} outside (0, {MAX_NORM_EPS}]"))
+    }
+}
+
 impl BertConfig {
     /// Reads and validates a Hugging Face `config.json`.
     ///
@@ -133,8 +169,9 @@ impl BertConfig {
         Ok(c)
     }
 
-    /// Checks the values are consistent and supported: all sizes positive, `hidden_size`
-    /// divisible by `num_attention_heads`, ε positive and finite, pad id inside the vocabulary,
+    /// Checks the values are consistent and supported: all sizes in `1..=`[`MAX_DIMENSION`]
+    /// (layers up to [`MAX_LAYERS`]), `hidden_size` divisible by `num_attention_heads`, ε in
+    /// `(0, `[`MAX_NORM_EPS`]`]`, pad id inside the vocabulary,
     /// absolute positions, `model_type` `"bert"` if given.
     ///
     /// # Errors
@@ -145,7 +182,7 @@ impl BertConfig {
 
     fn validate_at(&self, path: &Path) -> Result<()> {
         let err = |msg: String| Err(config_error(path, msg));
-        for (name, v) in [
+        check_sizes(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
@@ -153,23 +190,15 @@ impl BertConfig {
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("type_vocab_size", self.type_vocab_size),
-        ] {
-            if v == 0 {
-                return err(format!("{name} must be positive"));
-            }
-        }
+        ])
+        .or_else(err)?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return err(format!(
-                "layer_norm_eps must be positive and finite, got {}",
-                self.layer_norm_eps
-            ));
-        }
+        check_eps("layer_norm_eps", self.layer_norm_eps).or_else(err)?;
         if let Some(pad) = self.pad_token_id
             && pad as usize >= self.vocab_size
         {
@@ -520,10 +549,11 @@ impl LlamaConfig {
         Ok(c)
     }
 
-    /// Checks the values are consistent and supported: all sizes positive, `hidden_size`
-    /// divisible by `num_attention_heads` into heads of even size (RoPE rotates pairs),
-    /// `num_attention_heads` divisible by `num_key_value_heads`, SiLU activation, ε and θ positive
-    /// and finite, token ids inside the vocabulary.
+    /// Checks the values are consistent and supported: all sizes in `1..=`[`MAX_DIMENSION`]
+    /// (layers up to [`MAX_LAYERS`]), `hidden_size` divisible by `num_attention_heads` into heads
+    /// of even size (RoPE rotates pairs), `num_attention_heads` divisible by
+    /// `num_key_value_heads`, SiLU activation, ε in `(0, `[`MAX_NORM_EPS`]`]`, θ in
+    /// `[1, `[`MAX_ROPE_THETA`]`]`, token ids inside the vocabulary.
     ///
     /// # Errors
     /// [`Error::Config`] saying what is wrong.
@@ -533,7 +563,7 @@ impl LlamaConfig {
 
     fn validate_at(&self, path: &Path) -> Result<()> {
         let err = |msg: String| Err(config_error(path, msg));
-        for (name, v) in [
+        check_sizes(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -541,11 +571,8 @@ impl LlamaConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.num_key_value_heads),
             ("max_position_embeddings", self.max_position_embeddings),
-        ] {
-            if v == 0 {
-                return err(format!("{name} must be positive"));
-            }
-        }
+        ])
+        .or_else(err)?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
@@ -573,13 +600,13 @@ impl LlamaConfig {
                 self.hidden_act
             ));
         }
-        for (name, v) in [
-            ("rms_norm_eps", self.rms_norm_eps),
-            ("rope_theta", self.rope_theta),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return err(format!("{name} must be positive and finite, got {v}"));
-            }
+        check_eps("rms_norm_eps", self.rms_norm_eps).or_else(err)?;
+        // RoPE bases in use run from 1e4 to about 1e8
+        if !(self.rope_theta.is_finite() && (1.0..=MAX_ROPE_THETA).contains(&self.rope_theta)) {
+            return err(format!(
+                "rope_theta {} outside [1, {MAX_ROPE_THETA}]",
+                self.rope_theta
+            ));
         }
         let ids = self
             .bos_token_id

@@ -59,6 +59,11 @@ fn none_bias() -> String {
     "none".to_string()
 }
 
+/// The largest LoRA rank a config may declare.
+pub const MAX_LORA_RANK: usize = 65536;
+/// The largest LoRA α a config may declare (PEFT's are 1 to a few hundred).
+pub const MAX_LORA_ALPHA: f64 = 1e6;
+
 impl LoraConfig {
     /// The adapters chosen on rt_polarity's validation split with MiniLM
     /// (`docs/FORWARD_GRADIENTS.md`) for a classifier of `n_layers` encoder layers: r = 4,
@@ -136,8 +141,8 @@ impl LoraConfig {
     /// Checks the hyper-parameters.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if r = 0, α is not finite, dropout is outside [0, 1), or the
-    /// type is not LORA.
+    /// [`Error::InvalidArgument`] if r is outside `1..=`[`MAX_LORA_RANK`], α outside
+    /// `(0, `[`MAX_LORA_ALPHA`]`]`, dropout outside [0, 1), or the type is not LORA.
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "LoraConfig";
         if self.peft_type != "LORA" {
@@ -146,11 +151,21 @@ impl LoraConfig {
                 format!("peft_type {} is not LORA", self.peft_type),
             ));
         }
-        if self.r == 0 {
-            return Err(Error::invalid(OP, "rank r must be at least 1"));
+        if !(1..=MAX_LORA_RANK).contains(&self.r) {
+            return Err(Error::invalid(
+                OP,
+                format!("rank r = {} outside 1..={MAX_LORA_RANK}", self.r),
+            ));
         }
-        if !self.lora_alpha.is_finite() {
-            return Err(Error::invalid(OP, "lora_alpha must be finite"));
+        // α = 0 would silence the adapter, a negative α flip it, a huge one overflow s·B·A
+        if !(self.lora_alpha > 0.0 && self.lora_alpha <= MAX_LORA_ALPHA) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "lora_alpha {} outside (0, {MAX_LORA_ALPHA}]",
+                    self.lora_alpha
+                ),
+            ));
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(Error::invalid(
