@@ -2,8 +2,14 @@
 //! splits, and the real Rotten Tomatoes file.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "common/assets.rs"]
+mod assets;
+#[path = "common/temp_file.rs"]
+mod temp_file;
+
+use std::path::Path;
+
+use temp_file::TempFile;
 
 use proptest::prelude::*;
 use spry::Error;
@@ -11,31 +17,10 @@ use spry::data::{Partition, dirichlet, iid, load_labelled_tsv, natural, train_te
 
 // ---- TSV ---------------------------------------------------------------------------------------
 
-/// A file in the temp directory, unique per process and call, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(content: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "spry-data-test-{}-{}.tsv",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::write(&path, content).unwrap();
-        TempFile(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn tsv_columns_by_name_in_any_order() {
     let f = TempFile::new(
+        "tsv",
         "id\ttext\tmovie\tlabel\n\
          a\tgood film\tm1\t1\n\
          b\tbad film\tm2\t0\n\
@@ -63,7 +48,7 @@ fn tsv_columns_by_name_in_any_order() {
 
 #[test]
 fn tsv_crlf_and_extra_fields() {
-    let f = TempFile::new("label\ttext\r\n1\thello\r\n0\tworld\textra\r\n");
+    let f = TempFile::new("tsv", "label\ttext\r\n1\thello\r\n0\tworld\textra\r\n");
     let ex = load_labelled_tsv(&f.0, "text", "label", None).unwrap();
     assert_eq!(ex.len(), 2);
     assert_eq!(ex[0].text, "hello");
@@ -89,7 +74,7 @@ fn format_msg(err: Error, path: &Path) -> String {
 
 #[test]
 fn tsv_missing_column_is_a_format_error_naming_it() {
-    let f = TempFile::new("label\ttext\n1\thi\n");
+    let f = TempFile::new("tsv", "label\ttext\n1\thi\n");
     for (text, label, group) in [
         ("sentence", "label", None),
         ("text", "polarity", None),
@@ -113,14 +98,17 @@ fn tsv_missing_column_is_a_format_error_naming_it() {
 #[test]
 fn tsv_short_row_names_the_line() {
     // line 1 header, 2 fine, 3 blank, 4 short
-    let f = TempFile::new("label\tmovie\ttext\n1\tm\tfine\n\n0\tm\n1\tm\tlater\n");
+    let f = TempFile::new(
+        "tsv",
+        "label\tmovie\ttext\n1\tm\tfine\n\n0\tm\n1\tm\tlater\n",
+    );
     let msg = format_msg(
         load_labelled_tsv(&f.0, "text", "label", None).unwrap_err(),
         &f.0,
     );
     assert!(msg.contains("line 4"), "{msg}");
     // the group column counts too: here the group is the last column
-    let f = TempFile::new("label\ttext\tmovie\n1\tok\tm\n0\tno movie\n");
+    let f = TempFile::new("tsv", "label\ttext\tmovie\n1\tok\tm\n0\tno movie\n");
     let msg = format_msg(
         load_labelled_tsv(&f.0, "text", "label", Some("movie")).unwrap_err(),
         &f.0,
@@ -138,7 +126,7 @@ fn tsv_short_row_names_the_line() {
 #[test]
 fn tsv_bad_label_names_the_line() {
     for bad in ["x", "-1", "1.5", "", "positive", "1e3"] {
-        let f = TempFile::new(&format!("label\ttext\n0\ta\n1\tb\n{bad}\tc\n"));
+        let f = TempFile::new("tsv", format!("label\ttext\n0\ta\n1\tb\n{bad}\tc\n"));
         let msg = format_msg(
             load_labelled_tsv(&f.0, "text", "label", None).unwrap_err(),
             &f.0,
@@ -154,13 +142,13 @@ fn tsv_missing_or_empty_file() {
         Error::Io { path: p, .. } => assert_eq!(p, path),
         other => panic!("{other:?}"),
     }
-    let f = TempFile::new("");
+    let f = TempFile::new("tsv", "");
     format_msg(
         load_labelled_tsv(&f.0, "text", "label", None).unwrap_err(),
         &f.0,
     );
     // a header alone is an empty data set, not an error
-    let f = TempFile::new("label\ttext\n");
+    let f = TempFile::new("tsv", "label\ttext\n");
     assert!(
         load_labelled_tsv(&f.0, "text", "label", None)
             .unwrap()
@@ -485,24 +473,13 @@ fn train_test_split_sizes_and_disjointness() {
 
 // ---- the real file -------------------------------------------------------------------------------
 
-fn assets_dir() -> PathBuf {
-    std::env::var_os("SPRY_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"))
-}
-
 /// The Rotten Tomatoes training file: 11,348 rows (6,550 fresh, 4,798 rotten), labels 0/1, and
 /// 453 distinct movies in the file (counted independently with
 /// `cut -f2 | sort -u | wc -l`; the asset README says 454, which counts movie names before the
 /// extractor's whitespace normalisation merged two of them).
 #[test]
 fn rotten_tomatoes_train_file() {
-    let path = assets_dir().join("text").join("rt_polarity_train.tsv");
-    assert!(
-        path.exists(),
-        "{} is missing: run `scripts/fetch_assets.sh` (or set SPRY_ASSETS to the assets folder)",
-        path.display()
-    );
+    let path = assets::asset("text/rt_polarity_train.tsv");
     let ex = load_labelled_tsv(&path, "text", "label", Some("movie")).unwrap();
     assert_eq!(ex.len(), 11_348);
     assert!(ex.iter().all(|e| e.label <= 1));

@@ -6,8 +6,12 @@
 #[path = "common/assets.rs"]
 mod assets;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "common/temp_file.rs"]
+mod temp_file;
+
+use std::path::Path;
+
+use temp_file::TempFile;
 
 use proptest::prelude::*;
 use serde_json::json;
@@ -18,29 +22,6 @@ use spry::data::{
 use spry::{Error, TextTokenizer, TokenizerOptions};
 
 // ---- helpers -------------------------------------------------------------------------------------
-
-/// A file in the temp directory with the given extension, unique per process and call, removed
-/// on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(ext: &str, content: impl AsRef<[u8]>) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "spry-labelled-{}-{}.{ext}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::write(&path, content).unwrap();
-        TempFile(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// The message of an `Error::Format` about `path` in `format`.
 fn format_msg(err: Error, path: &Path, format: &str) -> String {
