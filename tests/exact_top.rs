@@ -13,7 +13,9 @@
 
 #[path = "common/assets.rs"]
 mod assets;
+mod common;
 
+use common::randomise_b;
 use half::f16;
 use ndarray::{Array2, ArrayD, Ix2, IxDyn};
 use spry::federated::diagnostics::exact_gradient;
@@ -76,20 +78,6 @@ impl WeightSource for Source {
             cols,
             bytes,
         )?))
-    }
-}
-
-/// Gives every LoRA B and the classifier bias `N(0, scale²)` values (PEFT starts B at zero,
-/// where every A gradient vanishes).
-fn randomise_b<F: Float>(tr: &mut Trainable<F>, seed: u64, scale: f64) {
-    let mut r = KeyedRng::new(seed, Domain::Init, &[0xB]);
-    for i in 0..tr.len() {
-        let name = tr.names()[i].clone();
-        if name.ends_with("lora_B.weight") || name.ends_with("classifier.bias") {
-            let shape = tr.value(i).shape().to_vec();
-            let v = ArrayD::from_shape_simple_fn(IxDyn(&shape), || F::from_f64(scale * r.normal()));
-            tr.set_value(i, v).unwrap();
-        }
     }
 }
 

@@ -33,7 +33,7 @@ use spry::modules::{Directions, DropoutKey, LoraConfig, Trainable};
 use spry::rng::{Domain, KeyedRng};
 use spry::{Float, TokenizerOptions};
 
-use common::{EXACT_TOL, FD_TOL, fd_jvp};
+use common::{EXACT_TOL, FD_TOL, fd_jvp, randomise_b};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -41,24 +41,6 @@ use common::{EXACT_TOL, FD_TOL, fd_jvp};
 
 fn rng(seed: u64, tag: u64) -> KeyedRng {
     KeyedRng::new(seed, Domain::Init, &[0x7e57, tag])
-}
-
-/// Gives every LoRA B matrix and the classifier bias random `N(0, scale²)` values (PEFT starts B
-/// at zero, which would make every A-direction term vanish).
-fn randomise_b<F: Float>(tr: &mut Trainable<F>, seed: u64, scale: f64) {
-    let mut r = rng(seed, 1);
-    for i in 0..tr.len() {
-        let name = tr.names()[i].clone();
-        if name.ends_with("lora_B.weight") || name.ends_with("classifier.bias") {
-            let shape = tr.value(i).shape().to_vec();
-            let v = ArrayD::from_shape_simple_fn(IxDyn(&shape), || F::from_f64(scale * r.normal()));
-            tr.set_value(i, v).unwrap();
-        }
-    }
-    assert!(
-        tr.names().iter().any(|n| n.ends_with("lora_B.weight")),
-        "the model has no LoRA adapter"
-    );
 }
 
 /// All trainable values, flattened in registry order.

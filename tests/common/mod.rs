@@ -141,3 +141,21 @@ pub fn seeded(n: usize, seed: u64) -> Vec<f64> {
         })
         .collect()
 }
+
+/// Gives every LoRA B matrix and the classifier bias random `N(0, scale²)` values (PEFT starts B
+/// at zero, which would make every A-direction term vanish).
+pub fn randomise_b<F: spry::Float>(tr: &mut spry::modules::Trainable<F>, seed: u64, scale: f64) {
+    let mut r = spry::rng::KeyedRng::new(seed, spry::rng::Domain::Init, &[0x7e57, 1]);
+    for i in 0..tr.len() {
+        let name = tr.names()[i].clone();
+        if name.ends_with("lora_B.weight") || name.ends_with("classifier.bias") {
+            let shape = tr.value(i).shape().to_vec();
+            let v = ArrayD::from_shape_simple_fn(IxDyn(&shape), || F::from_f64(scale * r.normal()));
+            tr.set_value(i, v).unwrap();
+        }
+    }
+    assert!(
+        tr.names().iter().any(|n| n.ends_with("lora_B.weight")),
+        "the model has no LoRA adapter"
+    );
+}
