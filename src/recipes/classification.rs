@@ -529,6 +529,8 @@ impl ClassificationRun {
         require_files(&model_dir, &BERT_DIR_FILES)?;
         let bert_config = BertConfig::from_file(model_dir.join("config.json"))?;
         let lora = self.lora_config(bert_config.num_hidden_layers)?;
+        // a resume with other settings stops here, before anything heavy is loaded
+        record_settings(out, self, resume)?;
         let (train, eval, labels) = self.load_data()?;
         let n_labels = labels.len();
         let opts = TokenizerOptions::default().with_max_len(self.max_len);
@@ -554,7 +556,6 @@ impl ClassificationRun {
             self.seed,
         )?;
         let config = self.sim_config(model.head_unit())?;
-        record_settings(out, self, resume)?;
         let ckpt_path = out.join("checkpoint.json");
         let mut sim = if resume && ckpt_path.is_file() {
             let ckpt = Simulation::<f32>::load_checkpoint(&ckpt_path)?;

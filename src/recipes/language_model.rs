@@ -304,6 +304,8 @@ impl LanguageModelRun {
         let n_layers = crate::io::LlamaConfig::from_gguf(&crate::io::GgufFile::open_lazy(&gguf)?)?
             .num_hidden_layers;
         let lora = self.lora_config(n_layers)?;
+        // a resume with other settings stops here, before anything heavy is loaded
+        record_settings(out, self, resume)?;
         let (model, initial, tokenizer) = load_llama_gguf(&gguf, &lora, self.seed)?;
         let text = std::fs::read_to_string(&text_path).map_err(io(text_path.clone()))?;
         let split = self.split(&tokenizer.encode(&text, false)?.ids)?;
@@ -316,7 +318,6 @@ impl LanguageModelRun {
             client_train,
             seed: self.seed,
         };
-        record_settings(out, self, resume)?;
         let ckpt_path = out.join("checkpoint.json");
         let mut sim = if resume && ckpt_path.is_file() {
             let ckpt = Simulation::<f32>::load_checkpoint(&ckpt_path)?;
