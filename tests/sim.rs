@@ -5,9 +5,9 @@ mod tiny_model;
 
 use ndarray::ArrayD;
 use spry::federated::{
-    Aggregator, Checkpoint, ClientConfig, CommMode, Evaluation, FederatedTask, HeadGrad,
-    LocalOptimizer, LossJvp, Method, Objective, Perturbation, Plan, Planner, PlannerKind,
-    ServerOptimizer, SimConfig, Simulation,
+    Aggregator, Attack, AttackKind, Checkpoint, ClientConfig, CombineRule, CommMode, Evaluation,
+    FederatedTask, HeadGrad, LocalOptimizer, LossJvp, Method, Objective, Perturbation, Plan,
+    Planner, PlannerKind, ServerOptimizer, SimConfig, Simulation,
 };
 use spry::modules::{Directions, DropoutKey, Trainable};
 use spry::{Error, Result};
@@ -104,6 +104,8 @@ fn config(method: Method, comm: CommMode) -> SimConfig {
         workers: 1,
         shared_units: Vec::new(),
         diagnostics: None,
+        combine: CombineRule::Mean,
+        attack: None,
     }
 }
 
@@ -302,6 +304,41 @@ fn resume_from_checkpoint_equals_an_uninterrupted_run() {
     assert!(matches!(
         Simulation::resume(&other, init_params(5), loaded),
         Err(Error::InvalidArgument { .. })
+    ));
+    // a flipped byte anywhere in the body (a digit, a bracket, a letter) is caught by the
+    // checksum; so is a file without one
+    let good = std::fs::read(&ckpt).unwrap();
+    let body = good.iter().position(|&b| b == b'{').unwrap() + 1;
+    let body = body
+        + good[body..]
+            .windows(12)
+            .position(|w| w == b"\"checkpoint\"")
+            .unwrap();
+    for at in (body..good.len() - 1).step_by((good.len() - body) / 97 + 1) {
+        let mut bad = good.clone();
+        bad[at] ^= if bad[at].is_ascii_digit() { 0x01 } else { 0x20 };
+        std::fs::write(&ckpt, &bad).unwrap();
+        assert!(
+            matches!(
+                Simulation::<f64>::load_checkpoint(&ckpt),
+                Err(Error::Format { .. })
+            ),
+            "a change at byte {at} of {} went unnoticed",
+            good.len()
+        );
+    }
+    let plain = serde_json::to_vec(
+        &Simulation::<f64>::load_checkpoint(&{
+            std::fs::write(&ckpt, &good).unwrap();
+            ckpt.clone()
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&ckpt, plain).unwrap();
+    assert!(matches!(
+        Simulation::<f64>::load_checkpoint(&ckpt),
+        Err(Error::Format { .. })
     ));
     // a corrupt checkpoint is a typed error
     std::fs::write(&ckpt, b"{not json").unwrap();
@@ -569,4 +606,47 @@ fn a_checkpoint_is_validated_before_a_resume_uses_it() {
             "{what}: accepted"
         );
     }
+}
+
+/// One hostile client per round scaling its change by 10⁴: the weighted mean follows it, the
+/// coordinate-wise median and the clipped mean do not.
+#[test]
+fn robust_combination_withstands_a_scaling_client() {
+    let task = TinyTask::new();
+    let loss_of = |combine: CombineRule, attack: Option<Attack>| {
+        let mut cfg = config(Method::FedFgd, CommMode::PerEpoch);
+        cfg.combine = combine;
+        cfg.attack = attack;
+        let mut sim = Simulation::new(cfg, init_params(5)).unwrap();
+        sim.run(&task, None, |_| true).unwrap();
+        task.evaluate(&sim.global).unwrap().loss
+    };
+    let attack = Some(Attack {
+        clients_per_round: 1,
+        kind: AttackKind::Scale { factor: 1e4 },
+    });
+    let before = task.evaluate(&init_params(5)).unwrap().loss;
+    let honest = loss_of(CombineRule::Mean, None);
+    let attacked = loss_of(CombineRule::Mean, attack);
+    assert!(
+        honest < before && attacked > before,
+        "{before} {honest} {attacked}"
+    );
+    for rule in [
+        CombineRule::Median,
+        CombineRule::ClipToMedian { factor: 1.0 },
+    ] {
+        let robust = loss_of(rule, attack);
+        assert!(
+            robust < before,
+            "{rule}: {before} -> {robust} (honest {honest})"
+        );
+    }
+    // per-iteration mode has no updates to corrupt: refused rather than ignored
+    let mut cfg = config(Method::Spry, CommMode::PerIteration);
+    cfg.attack = attack;
+    assert!(matches!(
+        Simulation::new(cfg, init_params(5)),
+        Err(Error::InvalidArgument { .. })
+    ));
 }

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 
+use super::robust::CombineRule;
 use crate::modules::Trainable;
 use crate::{Error, Float, Result};
 
@@ -167,11 +168,15 @@ impl ServerOptimizer {
 
 /// Turns per-parameter averages into a new global model.
 pub trait Aggregator<F: Float> {
-    /// Applies `averages[p]` (the weighted average of parameter p over its contributors, or
-    /// `None` if nobody trained it) to `global`.
+    /// Applies `averages[p]` (the combination of parameter p over its contributors, or
+    /// `None` if nobody trained it) to `global`. An implementation either applies the whole
+    /// step or, on error, changes nothing ([`aggregate_round_with`] also restores both states
+    /// if a step leaves a non-finite value).
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if an average's shape differs from its parameter's.
+    /// [`Error::ShapeMismatch`] if an average's shape differs from its parameter's;
+    /// for [`ServerState`], [`Error::InvalidArgument`] for a non-finite average or a step that
+    /// would leave a non-finite value or moment (the state and `global` are then unchanged).
     fn apply(&mut self, global: &mut Trainable<F>, averages: &[Option<ArrayD<F>>]) -> Result<()>;
 
     /// The state a checkpoint keeps so that a resumed run aggregates exactly as an
@@ -270,13 +275,23 @@ impl<F: Float> Aggregator<F> for ServerState {
                     a.shape(),
                 ));
             }
+            if let Some(a) = avg
+                && a.iter().any(|x| !x.is_finite())
+            {
+                return Err(Error::invalid(
+                    OP,
+                    format!("the average of `{}` is not finite", global.names()[p]),
+                ));
+            }
         }
+        // staged on copies and committed only when every new value and moment is finite
+        let mut staged = Vec::new();
         for (p, avg) in averages.iter().enumerate() {
             let Some(avg) = avg else { continue };
             let n = avg.len();
-            let w = global.value_mut(p);
-            let m = self.m[p].get_or_insert_with(|| vec![0.0; n]);
-            let v = self.v[p].get_or_insert_with(|| vec![0.0; n]);
+            let mut w: Vec<F> = global.value(p).iter().copied().collect();
+            let mut m = self.m[p].clone().unwrap_or_else(|| vec![0.0; n]);
+            let mut v = self.v[p].clone().unwrap_or_else(|| vec![0.0; n]);
             for (((wv, av), mv), vv) in w
                 .iter_mut()
                 .zip(avg.iter())
@@ -319,7 +334,24 @@ impl<F: Float> Aggregator<F> for ServerState {
                     }
                 };
                 *wv = F::from_f64(new);
+                if !(wv.is_finite() && mv.is_finite() && vv.is_finite()) {
+                    return Err(Error::invalid(
+                        OP,
+                        format!(
+                            "the step of `{}` gives a value or moment that is not finite; nothing changed",
+                            global.names()[p]
+                        ),
+                    ));
+                }
             }
+            staged.push((p, w, m, v));
+        }
+        for (p, w, m, v) in staged {
+            for (dst, src) in global.value_mut(p).iter_mut().zip(w) {
+                *dst = src;
+            }
+            self.m[p] = Some(m);
+            self.v[p] = Some(v);
         }
         Ok(())
     }
@@ -417,22 +449,40 @@ pub fn validate_update<F: Float>(
     Ok(())
 }
 
-/// Per-parameter averages weighted by `n_examples` over the clients that sent each parameter.
-pub fn weighted_averages<F: Float>(
+/// Per-parameter combinations of the updates under `rule`, over the clients that sent each
+/// parameter (`None` for a parameter nobody sent). With [`CombineRule::Mean`] these are the
+/// averages weighted by `n_examples`, computed on normalised weights in f64 so that no sum can
+/// overflow.
+///
+/// # Shapes
+/// Every update's tensors have their global parameter's shape (as [`validate_update`] checks).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an invalid rule or a parameter index past `global`.
+pub fn combine_updates<F: Float>(
     updates: &[ClientUpdate<F>],
-    n_params: usize,
-) -> Vec<Option<ArrayD<F>>> {
-    let mut sums: Vec<Option<(ArrayD<f64>, f64)>> = vec![None; n_params];
+    global: &Trainable<F>,
+    rule: CombineRule,
+) -> Result<Vec<Option<ArrayD<F>>>> {
+    let mut contributions: Vec<Vec<(f64, &ArrayD<F>)>> = vec![Vec::new(); global.len()];
     for u in updates {
-        let w = u.n_examples as f64;
         for (p, value) in &u.params {
-            let entry = sums[*p].get_or_insert_with(|| (ArrayD::zeros(value.shape()), 0.0));
-            entry.0.zip_mut_with(value, |s, v| *s += w * v.as_f64());
-            entry.1 += w;
+            let Some(list) = contributions.get_mut(*p) else {
+                return Err(Error::invalid(
+                    "combine_updates",
+                    format!("parameter index {p} of {}", global.len()),
+                ));
+            };
+            list.push((u.n_examples as f64, value));
         }
     }
-    sums.into_iter()
-        .map(|s| s.map(|(sum, total)| sum.mapv(|v| F::from_f64(v / total))))
+    contributions
+        .iter()
+        .enumerate()
+        .map(|(p, list)| match list.is_empty() {
+            true => Ok(None),
+            false => rule.combine(global.value(p), list).map(Some),
+        })
         .collect()
 }
 
@@ -448,7 +498,30 @@ pub struct AggregationReport {
 }
 
 /// Validates every update, drops the invalid ones, and if at least `min_clients` remain, applies
-/// the per-parameter weighted averages through `aggregator`.
+/// the per-parameter weighted averages through `aggregator`: [`aggregate_round_with`] and
+/// [`CombineRule::Mean`].
+///
+/// # Errors
+/// As [`aggregate_round_with`].
+pub fn aggregate_round<F: Float, A: Aggregator<F> + ?Sized>(
+    global: &mut Trainable<F>,
+    aggregator: &mut A,
+    expected: &RoundExpectation,
+    updates: Vec<ClientUpdate<F>>,
+    min_clients: usize,
+) -> Result<AggregationReport> {
+    aggregate_round_with(
+        global,
+        aggregator,
+        expected,
+        updates,
+        min_clients,
+        CombineRule::Mean,
+    )
+}
+
+/// Validates every update, drops the invalid ones, and if at least `min_clients` remain, applies
+/// the per-parameter combinations under `rule` ([`combine_updates`]) through `aggregator`.
 ///
 /// A round whose averages or server step would leave a non-finite value in the global state (for
 /// example finite updates near the float range, which a weighted sum or a momentum step pushes
@@ -458,13 +531,16 @@ pub struct AggregationReport {
 /// # Errors
 /// [`Error::Round`] if fewer than `min_clients` valid updates arrived, or the step would make the
 /// global state non-finite; the global state and the aggregator are then untouched.
-pub fn aggregate_round<F: Float, A: Aggregator<F> + ?Sized>(
+/// [`Error::InvalidArgument`] for an invalid `rule`.
+pub fn aggregate_round_with<F: Float, A: Aggregator<F> + ?Sized>(
     global: &mut Trainable<F>,
     aggregator: &mut A,
     expected: &RoundExpectation,
     updates: Vec<ClientUpdate<F>>,
     min_clients: usize,
+    rule: CombineRule,
 ) -> Result<AggregationReport> {
+    rule.validate()?;
     let mut accepted_ids = BTreeSet::new();
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
@@ -487,7 +563,7 @@ pub fn aggregate_round<F: Float, A: Aggregator<F> + ?Sized>(
             ),
         });
     }
-    let averages = weighted_averages(&accepted, global.len());
+    let averages = combine_updates(&accepted, global, rule)?;
     let untrained = averages
         .iter()
         .enumerate()
@@ -515,7 +591,13 @@ pub fn aggregate_round<F: Float, A: Aggregator<F> + ?Sized>(
     if let Err(err) = outcome {
         *global = before;
         aggregator.restore(state)?;
-        return Err(err);
+        return Err(match err {
+            Error::Round { .. } => err,
+            other => Error::Round {
+                round: expected.round,
+                reason: format!("the server step failed ({other}); the round changed nothing"),
+            },
+        });
     }
     Ok(AggregationReport {
         accepted: accepted.iter().map(|u| u.client).collect(),

@@ -3,6 +3,8 @@
 //! with server optimizers, communication modes, data partitions and an in-process simulation.
 
 pub mod aggregate;
+pub mod attack;
+mod checkpoint_file;
 pub mod client;
 pub mod comm;
 pub mod diagnostics;
@@ -13,12 +15,15 @@ mod per_iteration;
 pub mod perturb;
 pub mod planner;
 pub mod report;
+pub mod robust;
 pub mod sim;
 
 pub use aggregate::{
     AggregationReport, Aggregator, ClientUpdate, RoundExpectation, ServerOptimizer, ServerState,
-    aggregate_round, validate_update, weighted_averages,
+    aggregate_round, aggregate_round_with, combine_updates, validate_update,
 };
+pub use attack::{Attack, AttackKind};
+pub use checkpoint_file::{CHECKPOINT_FORMAT, CHECKPOINT_VERSION};
 pub use client::{
     ClientConfig, HeadGrad, LocalReport, LossJvp, LrSchedule, Objective, Perturbation, train_local,
 };
@@ -33,6 +38,7 @@ pub use planner::{
     ReshufflePlanner,
 };
 pub use report::{METRICS_CSV_HEADER, RunSummary, metrics_csv, personalized_accuracy};
+pub use robust::CombineRule;
 pub use sim::{
     Checkpoint, Evaluation, FederatedTask, Method, PlannerKind, RoundMetrics, SimConfig, Simulation,
 };

@@ -15,8 +15,9 @@ use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::{
-    Aggregator, ClientUpdate, RoundExpectation, ServerOptimizer, ServerState, aggregate_round,
+    Aggregator, ClientUpdate, RoundExpectation, ServerOptimizer, ServerState, aggregate_round_with,
 };
+use super::attack::Attack;
 use super::client::{ClientConfig, HeadGrad, Objective, train_local};
 use super::comm::{self, CommMode, RoundBytes};
 use super::diagnostics::{DiagnosticsConfig, RoundDiagnostics};
@@ -29,6 +30,7 @@ use super::perturb::StepKey;
 use super::planner::{
     AllUnitsPlanner, DepthAwarePlanner, NoUnitsPlanner, Planner, ReferencePlanner, ReshufflePlanner,
 };
+use super::robust::CombineRule;
 use crate::modules::{Directions, Trainable};
 pub use crate::parallel::parallel_map;
 use crate::rng::{Domain, KeyedRng};
@@ -176,6 +178,14 @@ pub struct SimConfig {
     /// `RoundMetrics::wall_s`.
     #[serde(default)]
     pub diagnostics: Option<DiagnosticsConfig>,
+    /// How the server combines the values several clients sent for one parameter: the
+    /// example-weighted mean, or a rule robust to a few hostile clients.
+    #[serde(default)]
+    pub combine: CombineRule,
+    /// Simulated hostile clients (`None`: every client is honest), to measure what `combine`
+    /// withstands. Per-epoch communication only.
+    #[serde(default)]
+    pub attack: Option<Attack>,
 }
 
 impl Default for SimConfig {
@@ -202,6 +212,8 @@ impl Default for SimConfig {
             workers: 1,
             shared_units: Vec::new(),
             diagnostics: None,
+            combine: CombineRule::Mean,
+            attack: None,
         }
     }
 }
@@ -368,6 +380,13 @@ impl<F: Float> Simulation<F> {
             ));
         }
         config.client.lr_schedule.validate()?;
+        config.combine.validate()?;
+        if config.attack.is_some() && config.comm != CommMode::PerEpoch {
+            return Err(Error::invalid(
+                OP,
+                "simulated attacks corrupt per-epoch updates; use per-epoch communication",
+            ));
+        }
         if !(0.0..1.0).contains(&config.drop_prob) {
             return Err(Error::invalid(OP, "drop probability must be in [0, 1)"));
         }
@@ -508,17 +527,17 @@ impl<F: Float> Simulation<F> {
         Ok(self)
     }
 
-    /// Writes the checkpoint to `path` atomically (write then rename).
+    /// Writes the checkpoint to `path` atomically (write then rename), with the checksum of
+    /// [`Checkpoint::to_file_bytes`].
     ///
     /// # Errors
     /// [`Error::Io`].
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_vec(&self.checkpoint())
-            .map_err(|e| Error::invalid("save_checkpoint", e.to_string()))?;
-        crate::io::write_atomic(path, &json)
+        crate::io::write_atomic(path, &self.checkpoint().to_file_bytes()?)
     }
 
-    /// Reads a checkpoint written by [`Simulation::save_checkpoint`].
+    /// Reads a checkpoint written by [`Simulation::save_checkpoint`], checksum checked
+    /// ([`Checkpoint::from_file_bytes`]).
     ///
     /// # Errors
     /// [`Error::Io`]; [`Error::Format`] for a corrupt file.
@@ -527,11 +546,7 @@ impl<F: Float> Simulation<F> {
             path: path.to_path_buf(),
             source,
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Format {
-            path: path.to_path_buf(),
-            format: "checkpoint",
-            msg: e.to_string(),
-        })
+        Checkpoint::from_file_bytes(path, &bytes)
     }
 
     fn planner(&self) -> Box<dyn Planner + '_> {
@@ -723,7 +738,12 @@ impl<F: Float> Simulation<F> {
         let mut updates = Vec::with_capacity(results.len());
         let (mut loss_sum, mut n_loss, mut skipped) = (0.0, 0usize, 0usize);
         let mut new_states = Vec::new();
-        for (update, state, loss, sk) in results {
+        for (i, (mut update, state, loss, sk)) in results.into_iter().enumerate() {
+            if let Some(attack) = cfg.attack
+                && i < attack.clients_per_round
+            {
+                attack.kind.corrupt(&self.global, &mut update);
+            }
             let n_t = update.params.len();
             let n_s: usize = update.params.iter().map(|(_, v)| v.len()).sum();
             bytes.up += comm::upload_tensors(n_s, n_t);
@@ -744,19 +764,21 @@ impl<F: Float> Simulation<F> {
                 .collect(),
         };
         let report = match self.aggregator.as_mut() {
-            Some(a) => aggregate_round(
+            Some(a) => aggregate_round_with(
                 &mut self.global,
                 a.as_mut(),
                 &expected,
                 updates,
                 cfg.min_clients,
+                cfg.combine,
             )?,
-            None => aggregate_round(
+            None => aggregate_round_with(
                 &mut self.global,
                 &mut self.server,
                 &expected,
                 updates,
                 cfg.min_clients,
+                cfg.combine,
             )?,
         };
         if self.config.keep_client_state {

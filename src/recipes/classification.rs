@@ -21,10 +21,12 @@ use super::config::{by_name, record_settings};
 use crate::data::{
     Columns, Example, LabelSet, PartitionScheme, holdout, load_labelled, load_labelled_against,
 };
+use crate::federated::attack::DEFAULT_SCALE;
 use crate::federated::{
-    ClientConfig, CommMode, DiagnosticsConfig, DirectionScheme, Evaluation, FederatedTask,
-    HeadGrad, LocalOptimizer, LrSchedule, Method, Perturbation, PlannerKind, RoundMetrics,
-    RunSummary, ServerOptimizer, SimConfig, Simulation, metrics_csv, personalized_accuracy,
+    Attack, AttackKind, ClientConfig, CombineRule, CommMode, DiagnosticsConfig, DirectionScheme,
+    Evaluation, FederatedTask, HeadGrad, LocalOptimizer, LrSchedule, Method, Perturbation,
+    PlannerKind, RoundMetrics, RunSummary, ServerOptimizer, SimConfig, Simulation, metrics_csv,
+    personalized_accuracy,
 };
 use crate::io::{BertConfig, assets_dir};
 use crate::models::bert::{ClassifierConfig, Pooling};
@@ -167,6 +169,23 @@ pub struct ClassificationRun {
     #[arg(long, default_value_t = defaults().server)]
     #[serde(with = "by_name")]
     pub server: ServerRule,
+    /// How the server combines the values a round's clients sent for one parameter: `mean`
+    /// (weighted by example counts), or, robust to a few hostile clients, `clip[:c]` (each
+    /// client's change clipped to c times the round's median norm, c = 1 by default),
+    /// `trimmed-mean[:β]` (per coordinate, ⌊β·n⌋ values dropped at each end, β = 0.2 by
+    /// default) or `median` (per coordinate).
+    #[arg(long, default_value_t = defaults().combine)]
+    #[serde(with = "by_name")]
+    pub combine: CombineRule,
+    /// Simulated hostile clients per round, to measure what `combine` withstands (0: none): the
+    /// first this many clients that report in each round send `attack` instead of their result.
+    #[arg(long, default_value_t = defaults().attackers)]
+    pub attackers: usize,
+    /// What the hostile clients send: `scale[:s]` (their change times s, 100 by default) or
+    /// `sign-flip[:s]` (times −s, 4 by default).
+    #[arg(long, default_value_t = defaults().attack)]
+    #[serde(with = "by_name")]
+    pub attack: AttackKind,
     /// Server learning rate η; default: 0.5 for FedAvg, 0.1 for FedAvgM (with μ = 0.8 an
     /// effective step of η/(1 − μ) = 0.5), Flower's defaults otherwise.
     #[arg(long)]
@@ -298,6 +317,11 @@ impl Default for ClassificationRun {
             comm: sim.comm,
             planner: sim.planner,
             server: ServerRule::FedAvgM,
+            combine: sim.combine,
+            attackers: 0,
+            attack: AttackKind::Scale {
+                factor: DEFAULT_SCALE,
+            },
             server_lr: None,
             server_momentum: None,
             lr: 1.0,
@@ -447,6 +471,11 @@ impl ClassificationRun {
             diagnostics: self.diagnostics.then(|| DiagnosticsConfig {
                 gradient_every: self.diag_gradient_every,
                 ..DiagnosticsConfig::default()
+            }),
+            combine: self.combine,
+            attack: (self.attackers > 0).then_some(Attack {
+                clients_per_round: self.attackers,
+                kind: self.attack,
             }),
             ..tuned
         })
