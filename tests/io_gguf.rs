@@ -1271,7 +1271,7 @@ fn lazy_files_read_tensors_from_disk_like_whole_files() {
         .iter()
         .map(|(t, _, _)| tensor(&t.name, &t.dims, t.ty, t.data.clone()))
         .collect();
-    let bytes = build(3, &all_metadata(), &tensors, 64);
+    let bytes = build(3, &all_metadata(), &tensors, 32);
     let path = std::env::temp_dir().join(format!("spry_lazy_{}.gguf", std::process::id()));
     std::fs::write(&path, &bytes).unwrap();
     let whole = GgufFile::open(&path).unwrap();
