@@ -241,7 +241,7 @@ impl GgufFile {
         }
 
         let data_start = r.pos.next_multiple_of(alignment);
-        check_data_layout(&path, &tensors, alignment, data_start, bytes.len())?;
+        check_data_layout(&path, &tensors, alignment, data_start, &bytes)?;
         Ok(GgufFile {
             path,
             bytes,
@@ -313,9 +313,11 @@ impl GgufFile {
 
 /// Checks that the tensors tile the data section as llama.cpp lays it out (and as its reader
 /// requires): in file order, each at the aligned end of the one before, the first at offset 0,
-/// every byte range inside the file, and the file ending at the end of the last tensor or at its
-/// padding to the alignment. So no two ranges overlap, and a changed type, shape or offset (which
-/// moves where a tensor's data would end) is refused instead of read as garbage.
+/// every byte range inside the file, the padding between them zero (as every writer pads), and
+/// the file ending at the end of the last tensor or at its padding to the alignment. So no two
+/// ranges overlap, and a changed type, shape or offset (which moves where a tensor's data would
+/// end, into the next tensor or leaving its own bytes in what should be zero padding) is refused
+/// instead of read as garbage.
 ///
 /// A tensor of unknown layout ([`GgmlType::Other`]) has no size: it must start after the one
 /// before it (at its aligned end if that one's size is known), and its data runs to the next
@@ -325,9 +327,25 @@ fn check_data_layout(
     tensors: &[GgufTensorInfo],
     alignment: usize,
     data_start: usize,
-    file_len: usize,
+    bytes: &[u8],
 ) -> Result<()> {
+    let file_len = bytes.len();
     let err = |msg: String| Err(format_error(path, msg));
+    // Padding `from..to` (relative to the data start, inside the file) must be zero.
+    let check_padding = |from: usize, to: usize, after: &str| -> Result<()> {
+        let (from, to) = (data_start + from, (data_start + to).min(file_len));
+        match bytes
+            .get(from..to)
+            .and_then(|p| p.iter().position(|&b| b != 0))
+        {
+            None => Ok(()),
+            Some(i) => err(format!(
+                "non-zero byte at {} in the padding after {after}: a tensor's data is shorter \
+                 than what was written there (a changed type or shape?)",
+                from + i
+            )),
+        }
+    };
     // Where the previous tensor's data ends (relative to `data_start`); `None` after a tensor of
     // unknown size, which only requires the next one to start past its offset.
     let mut end = Some(0usize);
@@ -342,7 +360,8 @@ fn check_data_layout(
                 "tensor `{}`: {} bytes of data at offset {} (+ data start {data_start}) run \
                  beyond the end of the file ({file_len} bytes)",
                 t.name,
-                t.n_bytes.map_or_else(|| "its".to_owned(), |n| n.to_string()),
+                t.n_bytes
+                    .map_or_else(|| "its".to_owned(), |n| n.to_string()),
                 t.offset
             ));
         }
@@ -363,6 +382,9 @@ fn check_data_layout(
                 t.name, t.ggml_type, t.shape
             ));
         }
+        if let Some(e) = end {
+            check_padding(e, offset, &format!("the tensor before `{}`", t.name))?;
+        }
         last_offset = Some(offset);
         end = t.n_bytes.map(|_| stop);
     }
@@ -380,6 +402,9 @@ fn check_data_layout(
                 "the tensor data ends at byte {data_end} but the file has {file_len} bytes \
                  (a changed type or shape, or trailing bytes)"
             ));
+        }
+        if !tensors.is_empty() {
+            check_padding(e, file_len - data_start, "the last tensor")?;
         }
     }
     Ok(())

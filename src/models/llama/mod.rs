@@ -100,9 +100,7 @@ impl<F: Float> Llama<F> {
             trainable,
         };
         let mut model = vb.pp("model");
-        model
-            .pp("layers")
-            .check_layers(config.num_hidden_layers)?;
+        model.pp("layers").check_layers(config.num_hidden_layers)?;
         let embed = model.pp("embed_tokens").frozen("weight", v, h)?;
         let mut blocks = model.pp("layers");
         let layers = (0..config.num_hidden_layers)
