@@ -3,7 +3,7 @@
 //! error case (and the registry left untouched by each), and merging adapters into the weights.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::{Array2, ArrayD, IxDyn, array};
 use serde_json::{Value, json};
@@ -21,27 +21,11 @@ use spry::modules::{
 };
 use spry::rng::{Domain, KeyedRng};
 
+#[path = "common/temp_file.rs"]
+mod temp_file;
+use temp_file::TempDir;
+
 // ---- fixtures ------------------------------------------------------------------------------
-
-/// A folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("spry-peft-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const BERT_JSON: &str = r#"{"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2,
     "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 32}"#;

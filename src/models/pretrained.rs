@@ -12,9 +12,7 @@ use super::bert::{Bert, BertBatch, BertClassifier, ClassifierConfig};
 use super::llama::Llama;
 use super::source::{GgufLlamaSource, WeightFormat};
 use crate::io::{ASSETS_ENV, BertConfig, GgufFile, LlamaConfig, load_safetensors};
-use crate::modules::{
-    LoraConfig, Trainable, load_peft_adapter, read_peft_config, save_peft_adapter,
-};
+use crate::modules::{LoraConfig, PeftAdapter, Trainable, save_peft_adapter};
 use crate::tokenizer::{TextTokenizer, TokenizerOptions, bpe_from_gguf_vocab};
 use crate::{Error, Result};
 
@@ -122,9 +120,9 @@ pub fn save_bert_classifier(
 /// `classifier_config.json`, and its tensors (checked against the model).
 ///
 /// # Errors
-/// As [`load_bert_classifier_dir`], [`read_peft_config`], [`ClassifierConfig::load`] and
-/// [`load_peft_adapter`] (for example [`Error::TensorShape`] when the head's class count differs
-/// from the config's).
+/// As [`load_bert_classifier_dir`], [`PeftAdapter::read`], [`ClassifierConfig::load`] and
+/// [`PeftAdapter::load_into`]; [`Error::TensorShape`] when the head's class count differs from
+/// the config's (checked before the model is built).
 pub fn load_bert_classifier_with_adapter(
     model_dir: &Path,
     adapter_dir: &Path,
@@ -134,15 +132,28 @@ pub fn load_bert_classifier_with_adapter(
     TextTokenizer,
     ClassifierConfig,
 )> {
-    let lora = read_peft_config(adapter_dir)?;
+    // the adapter's tensors are read and checked before the model allocates anything for them
+    let adapter = PeftAdapter::read(adapter_dir)?;
+    let lora = adapter.config().clone();
     let config = ClassifierConfig::load(adapter_dir)?;
+    let head = format!("{}classifier.weight", super::adapted::PEFT_PREFIX);
+    if let Some(shape) = adapter.shape(&head)
+        && shape.first() != Some(&config.n_labels())
+    {
+        return Err(Error::TensorShape {
+            path: adapter.weights_path(),
+            name: head,
+            expected: vec![config.n_labels(), shape.get(1).copied().unwrap_or(0)],
+            got: shape,
+        });
+    }
     let opts = match config.max_len {
         Some(m) => TokenizerOptions::default().with_max_len(m),
         None => TokenizerOptions::default(),
     };
     let (model, mut trainable, tok) =
         load_bert_classifier_dir(model_dir, &lora, config.n_labels(), 0, opts)?;
-    load_peft_adapter(adapter_dir, model.bert().lora(), &mut trainable)?;
+    adapter.load_into(model.bert().lora(), &mut trainable)?;
     Ok((model.with_pooling(config.pooling), trainable, tok, config))
 }
 
@@ -152,7 +163,8 @@ pub fn load_bert_classifier_with_adapter(
 /// Truncation and padding come from `opts`.
 ///
 /// # Errors
-/// As [`load_bert_classifier_with_adapter`] or [`load_bert_dir`] and [`load_peft_adapter`].
+/// As [`load_bert_classifier_with_adapter`] or [`load_bert_dir`], [`PeftAdapter::read`] and
+/// [`PeftAdapter::load_into`].
 pub fn load_bert_with_adapter(
     model_dir: &Path,
     adapter_dir: &Path,
@@ -166,9 +178,9 @@ pub fn load_bert_with_adapter(
         let tok = TextTokenizer::from_file(model_dir.join("tokenizer.json"), opts)?;
         return Ok((model.into_bert(), trainable, tok));
     }
-    let lora = read_peft_config(adapter_dir)?;
-    let (bert, mut trainable, tok) = load_bert_dir(model_dir, &lora, 0, opts)?;
-    load_peft_adapter(adapter_dir, bert.lora(), &mut trainable)?;
+    let adapter = PeftAdapter::read(adapter_dir)?;
+    let (bert, mut trainable, tok) = load_bert_dir(model_dir, adapter.config(), 0, opts)?;
+    adapter.load_into(bert.lora(), &mut trainable)?;
     Ok((bert, trainable, tok))
 }
 
@@ -228,7 +240,14 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<TextTokenizer> {
         .metadata("tokenizer.ggml.padding_token_id")
         .and_then(|v| v.to_u64())
     {
-        Some(pad) => tok.with_options(TokenizerOptions::default().with_pad_id(pad as u32)),
+        Some(pad) => {
+            let pad = u32::try_from(pad).map_err(|_| Error::Format {
+                path: file.path().to_path_buf(),
+                format: "gguf",
+                msg: format!("tokenizer.ggml.padding_token_id {pad} is not a 32-bit token id"),
+            })?;
+            tok.with_options(TokenizerOptions::default().with_pad_id(pad))
+        }
         None => Ok(tok),
     }
 }
@@ -277,14 +296,15 @@ pub fn load_llama_gguf_as(
 /// from its `adapter_model.safetensors`.
 ///
 /// # Errors
-/// As [`load_llama_gguf`] and [`load_peft_adapter`].
+/// As [`load_llama_gguf`], [`PeftAdapter::read`] and [`PeftAdapter::load_into`] (the adapter
+/// folder is read and checked before the model is built).
 pub fn load_llama_gguf_with_adapter(
     path: &Path,
     adapter_dir: &Path,
 ) -> Result<(Llama<f32>, Trainable<f32>, TextTokenizer)> {
-    let lora = read_peft_config(adapter_dir)?;
-    let (model, mut trainable, tok) = load_llama_gguf(path, &lora, 0)?;
-    load_peft_adapter(adapter_dir, model.lora(), &mut trainable)?;
+    let adapter = PeftAdapter::read(adapter_dir)?;
+    let (model, mut trainable, tok) = load_llama_gguf(path, adapter.config(), 0)?;
+    adapter.load_into(model.lora(), &mut trainable)?;
     Ok((model, trainable, tok))
 }
 

@@ -18,6 +18,22 @@ pub trait WeightSource {
     /// Whether the source holds `name`.
     fn has(&self, name: &str) -> bool;
 
+    /// Checks that the checkpoint holds exactly `declared` layers under the module path
+    /// `layers` (`model.layers`, `encoder.layer`, with any root such as `bert.`): that the
+    /// highest `i` of its tensors `{layers}.{i}.…` is `declared − 1`. A loader calls it before
+    /// taking any layer, so a layer count that disagrees with the file is an error whether it is
+    /// larger (no layer is loaded first) or smaller (the extra layers are not silently dropped).
+    ///
+    /// The default accepts any count: a source without a fixed list of tensors (random
+    /// weights) cannot tell.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the checkpoint, the declared and the present counts.
+    fn check_layers(&self, layers: &str, declared: usize) -> Result<()> {
+        let _ = (layers, declared);
+        Ok(())
+    }
+
     /// Removes and returns the frozen matrix `name` `[rows, cols]`, packed in its stored format
     /// when the source keeps one (a GGUF source, see [`WeightFormat`]); by default dense f32
     /// from [`WeightSource::take`].
@@ -106,7 +122,45 @@ pub fn take1<F: Float>(src: &mut dyn WeightSource, name: &str, len: usize) -> Re
     Ok(cast_array(a))
 }
 
+/// The number of layers `names` hold under `layers`: one more than the highest `i` of a name
+/// `{layers}.{i}.…` (0 if there is none).
+fn layers_present<'a>(names: impl Iterator<Item = &'a str>, layers: &str) -> usize {
+    names
+        .filter_map(|n| {
+            let rest = n.strip_prefix(layers)?.strip_prefix('.')?;
+            rest.split_once('.')?.0.parse::<usize>().ok()
+        })
+        .map(|i| i.saturating_add(1))
+        .max()
+        .unwrap_or(0)
+}
+
+/// [`Error::Config`] unless `present == declared` (see [`WeightSource::check_layers`]).
+fn layer_count_matches(
+    path: &std::path::Path,
+    layers: &str,
+    declared: usize,
+    present: usize,
+) -> Result<()> {
+    if present == declared {
+        return Ok(());
+    }
+    Err(Error::Config {
+        path: path.to_path_buf(),
+        msg: format!(
+            "the configuration declares {declared} layers but the checkpoint holds {present} \
+             (tensors `{layers}.0.…` to `{layers}.{}.…`)",
+            present.saturating_sub(1)
+        ),
+    })
+}
+
 impl WeightSource for crate::io::Weights {
+    fn check_layers(&self, layers: &str, declared: usize) -> Result<()> {
+        let names = self.names().chain(self.skipped().map(|(n, _)| n));
+        layer_count_matches(self.path(), layers, declared, layers_present(names, layers))
+    }
+
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<ArrayD<f32>> {
         let got = crate::io::Weights::shape(self, name)?.to_vec();
         if got != shape {
@@ -223,6 +277,25 @@ impl WeightSource for GgufLlamaSource {
     fn has(&self, name: &str) -> bool {
         self.gguf_name(name)
             .is_some_and(|(g, _)| self.file.tensor_info(&g).is_ok())
+    }
+
+    /// `model.layers` is GGUF's `blk`; other paths hold no layers in a Llama GGUF.
+    fn check_layers(&self, layers: &str, declared: usize) -> Result<()> {
+        if layers != "model.layers" {
+            return Ok(());
+        }
+        let names = self.file.tensor_infos().iter().map(|t| t.name());
+        let present = layers_present(names, "blk");
+        layer_count_matches(self.file.path(), layers, declared, present).map_err(|_| {
+            Error::Config {
+                path: self.file.path().to_path_buf(),
+                msg: format!(
+                    "llama.block_count is {declared} but the file holds {present} blocks \
+                     (tensors `blk.0.…` to `blk.{}.…`)",
+                    present.saturating_sub(1)
+                ),
+            }
+        })
     }
 
     fn take_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<FrozenWeight<f32>> {

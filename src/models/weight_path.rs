@@ -67,6 +67,16 @@ impl<'a> WeightPath<'a> {
         format!("{}{}", self.root, self.join(leaf))
     }
 
+    /// Checks that the source holds exactly `declared` layers under this path (a list of
+    /// layers such as `encoder.layer`), before any is taken ([`WeightSource::check_layers`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) naming the checkpoint if the counts differ.
+    pub fn check_layers(&self, declared: usize) -> Result<()> {
+        self.src
+            .check_layers(&format!("{}{}", self.root, self.path), declared)
+    }
+
     /// Whether the source holds the tensor `leaf` of this module.
     pub fn has(&self, leaf: &str) -> bool {
         self.src.has(&self.name(leaf))

@@ -68,8 +68,12 @@ impl<F: Float> FrozenLinear<F> {
     /// Registers a LoRA adapter for this layer in `trainable` if `lora` targets its path.
     /// Parameter names follow PEFT: `{prefix}{path}.lora_A.weight` / `.lora_B.weight`.
     ///
+    /// The rank may not exceed the smaller side of the layer, `min(in, out)`: a larger rank adds
+    /// parameters (`r·(in + out)`) but no expressiveness, and it is how a config with a huge `r`
+    /// would make loading allocate without bound.
+    ///
     /// # Errors
-    /// As [`Trainable::push_unit`].
+    /// [`Error::InvalidArgument`] if `lora.r > min(in, out)`; as [`Trainable::push_unit`].
     pub fn attach_lora(
         &mut self,
         lora: &LoraConfig,
@@ -80,8 +84,18 @@ impl<F: Float> FrozenLinear<F> {
         if !lora.targets(&self.path) {
             return Ok(());
         }
+        let (inp, out) = (self.in_features(), self.out_features());
+        if lora.r > inp.min(out) {
+            return Err(Error::invalid(
+                "FrozenLinear::attach_lora",
+                format!(
+                    "LoRA rank r = {} exceeds min(in, out) of `{}` [{out}, {inp}]",
+                    lora.r, self.path
+                ),
+            ));
+        }
         let index = trainable.len() as u64;
-        let (a, b) = lora.init_pair::<F>(self.in_features(), self.out_features(), seed, index);
+        let (a, b) = lora.init_pair::<F>(inp, out, seed, index);
         let base = format!("{prefix}{}", self.path);
         let unit = trainable.push_unit(
             self.path.clone(),

@@ -12,5 +12,7 @@ pub use linear::{AdapterSlot, DropoutKey, FrozenLinear};
 pub use lora::{LoraConfig, parse_layers};
 pub use norm::{LayerNorm, RmsNorm};
 pub use pass::Pass;
-pub use peft::{load_peft_adapter, load_peft_tensors, read_peft_config, save_peft_adapter};
+pub use peft::{
+    PeftAdapter, load_peft_adapter, load_peft_tensors, read_peft_config, save_peft_adapter,
+};
 pub use trainable::{Directions, ParamGrads, Trainable, Unit};

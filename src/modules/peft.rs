@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::lora::LoraConfig;
 use super::trainable::Trainable;
-use crate::io::{load_safetensors, save_safetensors, write_atomic};
+use crate::io::{Weights, load_safetensors, save_safetensors, write_atomic};
 use crate::{Error, Float, Result};
 
 /// File name of the adapter weights inside an adapter folder.
@@ -323,6 +323,13 @@ pub fn load_peft_adapter<F: Float>(
     trainable: &mut Trainable<F>,
 ) -> Result<LoraConfig> {
     let config = read_peft_config(dir)?;
+    check_against_model(dir, &config, model_lora)?;
+    load_with_config(dir, config, trainable)
+}
+
+/// [`Error::Config`] naming `dir/adapter_config.json` if its `r` or `lora_alpha` differs from
+/// the model's.
+fn check_against_model(dir: &Path, config: &LoraConfig, model_lora: &LoraConfig) -> Result<()> {
     let path = dir.join(ADAPTER_CONFIG_FILE);
     if config.r != model_lora.r {
         return Err(config_error(
@@ -342,7 +349,7 @@ pub fn load_peft_adapter<F: Float>(
             ),
         ));
     }
-    load_with_config(dir, config, trainable)
+    Ok(())
 }
 
 fn load_with_config<F: Float>(
@@ -350,6 +357,17 @@ fn load_with_config<F: Float>(
     config: LoraConfig,
     trainable: &mut Trainable<F>,
 ) -> Result<LoraConfig> {
+    check_registry_rank(dir, &config, trainable)?;
+    let weights = load_safetensors(dir.join(ADAPTER_WEIGHTS_FILE))?;
+    install(dir, config, weights, trainable)
+}
+
+/// [`Error::Config`] if a LoRA factor of the registry is not of rank `config.r`.
+fn check_registry_rank<F: Float>(
+    dir: &Path,
+    config: &LoraConfig,
+    trainable: &Trainable<F>,
+) -> Result<()> {
     if let Some((name, shape)) = rank_disagreement(trainable, config.r) {
         return Err(config_error(
             &dir.join(ADAPTER_CONFIG_FILE),
@@ -359,8 +377,17 @@ fn load_with_config<F: Float>(
             ),
         ));
     }
+    Ok(())
+}
+
+/// Moves the adapter's tensors `weights` into `trainable`, checking names and shapes.
+fn install<F: Float>(
+    dir: &Path,
+    config: LoraConfig,
+    mut weights: Weights,
+    trainable: &mut Trainable<F>,
+) -> Result<LoraConfig> {
     let path: PathBuf = dir.join(ADAPTER_WEIGHTS_FILE);
-    let mut weights = load_safetensors(&path)?;
 
     // canonical name → (key in the file, tensor or dtype of a skipped integer tensor)
     enum Entry {
@@ -426,4 +453,98 @@ fn load_with_config<F: Float>(
         *trainable.value_mut(i) = v;
     }
     Ok(config)
+}
+
+/// An adapter folder read and checked before the model it adapts is built: its
+/// `adapter_config.json` ([`read_peft_config`]) and its `adapter_model.safetensors`, in which
+/// every LoRA factor must be a matrix of the config's rank (A `[r, in]`, B `[out, r]`).
+///
+/// A model allocates `r·(in + out)` values for every layer it adapts; reading the folder first
+/// means the `r` it builds with is the rank of tensors the file holds (and the file's bytes
+/// bound it), not a number the config alone sets. The one-call loaders with an adapter
+/// (`models::pretrained`) read it so; [`PeftAdapter::load_into`] then moves the tensors into the
+/// model's registry with every check of [`load_peft_adapter`].
+#[derive(Debug)]
+pub struct PeftAdapter {
+    dir: PathBuf,
+    config: LoraConfig,
+    weights: Weights,
+}
+
+impl PeftAdapter {
+    /// Reads and checks the adapter folder `dir`.
+    ///
+    /// # Errors
+    /// As [`read_peft_config`] and [`load_safetensors`]; [`Error::Config`] naming
+    /// `adapter_config.json` if a LoRA factor of the file (`….lora_A.weight`,
+    /// `….lora_B.weight`, with or without PEFT's adapter name) is not a matrix of rank `r`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let config = read_peft_config(dir)?;
+        let weights = load_safetensors(dir.join(ADAPTER_WEIGHTS_FILE))?;
+        let tensors = weights
+            .iter()
+            .map(|(n, t)| (n, t.shape().to_vec()))
+            .chain(weights.skipped().map(|(n, s)| (n, s.shape.clone())));
+        for (key, shape) in tensors {
+            let canon = canonical_peft_name(key);
+            let rank = if canon.ends_with(LORA_A_SUFFIX) {
+                shape.first()
+            } else if canon.ends_with(LORA_B_SUFFIX) {
+                shape.get(1)
+            } else {
+                continue;
+            };
+            if shape.len() != 2 || rank != Some(&config.r) {
+                return Err(config_error(
+                    &dir.join(ADAPTER_CONFIG_FILE),
+                    format!(
+                        "r = {} but `{key}` in {ADAPTER_WEIGHTS_FILE} has shape {shape:?}",
+                        config.r
+                    ),
+                ));
+            }
+        }
+        Ok(PeftAdapter {
+            dir: dir.to_path_buf(),
+            config,
+            weights,
+        })
+    }
+
+    /// The adapter's configuration (build the model with it).
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    /// The shape of the file's tensor holding parameter `name` (a registry name; keys with
+    /// PEFT's adapter name count), if there is one.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.weights
+            .iter()
+            .map(|(n, t)| (n, t.shape().to_vec()))
+            .chain(self.weights.skipped().map(|(n, s)| (n, s.shape.clone())))
+            .find(|(n, _)| canonical_peft_name(n) == name)
+            .map(|(_, s)| s)
+    }
+
+    /// The path of the adapter's weights file (for errors about its tensors).
+    pub fn weights_path(&self) -> PathBuf {
+        self.dir.join(ADAPTER_WEIGHTS_FILE)
+    }
+
+    /// Moves the adapter's tensors into `trainable`, the registry of a model built with
+    /// `model_lora`, and returns the adapter's config: what [`load_peft_adapter`] does, without
+    /// reading the folder again.
+    ///
+    /// # Errors
+    /// As [`load_peft_adapter`], less the I/O and format errors [`PeftAdapter::read`] reported.
+    pub fn load_into<F: Float>(
+        self,
+        model_lora: &LoraConfig,
+        trainable: &mut Trainable<F>,
+    ) -> Result<LoraConfig> {
+        check_against_model(&self.dir, &self.config, model_lora)?;
+        check_registry_rank(&self.dir, &self.config, trainable)?;
+        install(&self.dir, self.config, self.weights, trainable)
+    }
 }

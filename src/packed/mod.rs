@@ -221,6 +221,10 @@ impl PackedMatrix {
     /// The row-major index of the first NaN or ±∞ value, if any (one widening pass, a row at a
     /// time).
     pub fn first_non_finite(&self) -> Option<usize> {
+        if self.cols == 0 {
+            // no element, however many (empty) rows
+            return None;
+        }
         let mut row = vec![0.0f32; self.cols];
         for r in 0..self.rows {
             self.decode_rows(r, &mut row);

@@ -71,8 +71,12 @@ impl GgufFile {
     /// - [`Error::Format`] on a bad magic, a version other than 2 or 3, a truncated header,
     ///   metadata or string, a count or length larger than the rest of the file, an unknown value
     ///   type, a non-UTF-8 string, a duplicate key or tensor name, an invalid `general.alignment`,
-    ///   more than 4 dimensions, a row length (`ne[0]`) that is not a multiple of the type's
-    ///   block size, a misaligned tensor offset, or tensor data beyond the end of the file.
+    ///   more than 4 dimensions, a dimension of size 0, an element count or byte size that
+    ///   overflows, a row length (`ne[0]`) that is not a multiple of the type's block size, a
+    ///   misaligned tensor offset, tensor data beyond the end of the file, tensors that do not
+    ///   follow one another in file order each at the aligned end of the one before (overlapping
+    ///   ranges, a changed type, shape or offset), or a file that does not end where the data
+    ///   (or its padding) does.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
@@ -178,6 +182,11 @@ impl GgufFile {
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 let d = r.u64(&format!("dimensions of `{name}`"))?;
+                // ggml has no empty dimension (llama.cpp divides by them); refusing them also
+                // means every dimension is at most the element count, which the data bounds.
+                if d == 0 {
+                    return Err(r.error(format!("tensor `{name}` has a dimension of size 0")));
+                }
                 let d = usize::try_from(d)
                     .map_err(|_| r.error(format!("tensor `{name}`: dimension {d} too large")))?;
                 dims.push(d);
@@ -232,25 +241,7 @@ impl GgufFile {
         }
 
         let data_start = r.pos.next_multiple_of(alignment);
-        let file_len = bytes.len();
-        for t in &tensors {
-            let Some(n_bytes) = t.n_bytes else { continue };
-            let end = usize::try_from(t.offset)
-                .ok()
-                .and_then(|o| data_start.checked_add(o))
-                .and_then(|s| s.checked_add(n_bytes));
-            if end.is_none_or(|end| end > file_len) {
-                return Err(format_error(
-                    &path,
-                    format!(
-                        "tensor `{}`: {} bytes of data at offset {} (+ data start {data_start}) \
-                         run beyond the end of the file ({file_len} bytes)",
-                        t.name, n_bytes, t.offset
-                    ),
-                ));
-            }
-        }
-
+        check_data_layout(&path, &tensors, alignment, data_start, &bytes)?;
         Ok(GgufFile {
             path,
             bytes,
@@ -318,4 +309,103 @@ impl GgufFile {
     pub fn n_params(&self) -> usize {
         self.tensors.iter().map(|t| t.n_elements).sum()
     }
+}
+
+/// Checks that the tensors tile the data section as llama.cpp lays it out (and as its reader
+/// requires): in file order, each at the aligned end of the one before, the first at offset 0,
+/// every byte range inside the file, the padding between them zero (as every writer pads), and
+/// the file ending at the end of the last tensor or at its padding to the alignment. So no two
+/// ranges overlap, and a changed type, shape or offset (which moves where a tensor's data would
+/// end, into the next tensor or leaving its own bytes in what should be zero padding) is refused
+/// instead of read as garbage.
+///
+/// A tensor of unknown layout ([`GgmlType::Other`]) has no size: it must start after the one
+/// before it (at its aligned end if that one's size is known), and its data runs to the next
+/// tensor's offset or the end of the file.
+fn check_data_layout(
+    path: &Path,
+    tensors: &[GgufTensorInfo],
+    alignment: usize,
+    data_start: usize,
+    bytes: &[u8],
+) -> Result<()> {
+    let file_len = bytes.len();
+    let err = |msg: String| Err(format_error(path, msg));
+    // Padding `from..to` (relative to the data start, inside the file) must be zero.
+    let check_padding = |from: usize, to: usize, after: &str| -> Result<()> {
+        let (from, to) = (data_start + from, (data_start + to).min(file_len));
+        match bytes
+            .get(from..to)
+            .and_then(|p| p.iter().position(|&b| b != 0))
+        {
+            None => Ok(()),
+            Some(i) => err(format!(
+                "non-zero byte at {} in the padding after {after}: a tensor's data is shorter \
+                 than what was written there (a changed type or shape?)",
+                from + i
+            )),
+        }
+    };
+    // Where the previous tensor's data ends (relative to `data_start`); `None` after a tensor of
+    // unknown size, which only requires the next one to start past its offset.
+    let mut end = Some(0usize);
+    let mut last_offset = None::<usize>;
+    for t in tensors {
+        let offset = usize::try_from(t.offset).ok();
+        // a tensor of unknown layout holds at least one byte (it has no empty dimension)
+        let stop = offset.and_then(|o| o.checked_add(t.n_bytes.unwrap_or(1)));
+        let abs_stop = stop.and_then(|s| data_start.checked_add(s));
+        if abs_stop.is_none_or(|s| s > file_len) {
+            return err(format!(
+                "tensor `{}`: {} bytes of data at offset {} (+ data start {data_start}) run \
+                 beyond the end of the file ({file_len} bytes)",
+                t.name,
+                t.n_bytes
+                    .map_or_else(|| "its".to_owned(), |n| n.to_string()),
+                t.offset
+            ));
+        }
+        let (offset, stop) = (offset.unwrap_or(0), stop.unwrap_or(0));
+        let placed = match end {
+            Some(e) => offset == e.next_multiple_of(alignment),
+            None => last_offset.is_none_or(|l| offset > l),
+        };
+        if !placed {
+            let expected = match end {
+                Some(e) => format!("{}", e.next_multiple_of(alignment)),
+                None => format!("past {}", last_offset.unwrap_or(0)),
+            };
+            return err(format!(
+                "tensor `{}` ({}, shape {:?}): data at offset {offset}, expected {expected}: \
+                 tensors must follow one another in file order, each at the aligned end of \
+                 the one before (overlapping or misplaced data, or a changed type or shape)",
+                t.name, t.ggml_type, t.shape
+            ));
+        }
+        if let Some(e) = end {
+            check_padding(e, offset, &format!("the tensor before `{}`", t.name))?;
+        }
+        last_offset = Some(offset);
+        end = t.n_bytes.map(|_| stop);
+    }
+    // The file ends where the data does, or at its padding.
+    if let Some(e) = end {
+        let data_end = data_start + e;
+        let padded = data_end.next_multiple_of(alignment);
+        let ok = if tensors.is_empty() {
+            file_len <= padded
+        } else {
+            file_len == data_end || file_len == padded
+        };
+        if !ok {
+            return err(format!(
+                "the tensor data ends at byte {data_end} but the file has {file_len} bytes \
+                 (a changed type or shape, or trailing bytes)"
+            ));
+        }
+        if !tensors.is_empty() {
+            check_padding(e, file_len - data_start, "the last tensor")?;
+        }
+    }
+    Ok(())
 }

@@ -10,6 +10,12 @@
 //! tensor data (each tensor at data_start + offset, offsets multiples of the alignment)
 //! ```
 //!
+//! The tensors tile the data section in file order, each at the aligned end of the one before
+//! (llama.cpp writes them so and its reader requires it), and the file ends with the last one or
+//! its padding; a shape's element count and byte size are computed with checked arithmetic, and
+//! no dimension is 0. So every tensor's byte range lies inside the file, matches its type and
+//! shape exactly and overlaps no other.
+//!
 //! Every count and length is checked against the bytes that remain *before* anything is
 //! allocated, so a corrupt file gives [`Error::Format`], never a panic or a huge allocation.
 //! Tensor shapes are row-major ([`GgufTensorInfo::shape`]: the file's dimensions reversed), so a

@@ -63,7 +63,8 @@ impl<F: Float> Bert<F> {
     /// names `base_model.model.{module_prefix}encoder.layer.{l}.….lora_{A,B}.weight`.
     ///
     /// # Errors
-    /// Missing or mis-shaped tensors ([`Error::MissingTensor`], [`Error::TensorShape`]); an
+    /// Missing or mis-shaped tensors ([`Error::MissingTensor`], [`Error::TensorShape`]);
+    /// [`Error::Config`] if `num_hidden_layers` differs from the layers the checkpoint holds; an
     /// invalid LoRA config; [`Error::InvalidArgument`] for a `hidden_act` other than `gelu`
     /// (exact) or `gelu_new`/`gelu_pytorch_tanh` (tanh approximation).
     pub fn load(
@@ -82,6 +83,8 @@ impl<F: Float> Bert<F> {
             ""
         };
         let mut vb = WeightPath::new(src).with_root(root);
+        vb.pp("encoder.layer")
+            .check_layers(config.num_hidden_layers)?;
         let mut adapters = Adapters {
             lora,
             prefix: format!("{PEFT_PREFIX}{module_prefix}"),

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Pooling;
+use crate::io::config::MAX_DIMENSION;
 use crate::io::write_atomic;
 use crate::{Error, Result};
 
@@ -32,7 +33,8 @@ impl ClassifierConfig {
     /// The config of a classifier over the classes `labels` (id order).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for fewer than two classes, or a name given twice or empty.
+    /// [`Error::InvalidArgument`] for fewer than two classes, a name given twice or empty, or a
+    /// `max_len` outside `1..=`[`MAX_DIMENSION`].
     pub fn new<S: AsRef<str>>(
         labels: &[S],
         pooling: Pooling,
@@ -83,8 +85,9 @@ impl ClassifierConfig {
     ///
     /// # Errors
     /// [`Error::Io`] if it cannot be read; [`Error::Config`] (naming the file) if it is not such
-    /// a config, has fewer than two classes, ids other than `0..n`, a repeated or empty name, or
-    /// a `label2id` that is not the inverse of `id2label`.
+    /// a config, has fewer than two classes, ids other than `0..n`, a repeated or empty name, a
+    /// `label2id` that is not the inverse of `id2label`, or a `max_len` outside
+    /// `1..=`[`MAX_DIMENSION`].
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(CLASSIFIER_CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
@@ -119,6 +122,11 @@ impl ClassifierConfig {
         }
         if inverse != self.label2id {
             return Err("label2id is not the inverse of id2label".into());
+        }
+        if let Some(m) = self.max_len
+            && !(1..=MAX_DIMENSION).contains(&m)
+        {
+            return Err(format!("max_len {m} outside 1..={MAX_DIMENSION}"));
         }
         Ok(())
     }

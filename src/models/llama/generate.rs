@@ -54,7 +54,11 @@ impl<F: Float> Llama<F> {
         if prompt.is_empty() {
             return Err(Error::invalid(OP, "empty prompt"));
         }
-        if prompt.len() + max_new > self.config.max_position_embeddings {
+        if prompt
+            .len()
+            .checked_add(max_new)
+            .is_none_or(|n| n > self.config.max_position_embeddings)
+        {
             return Err(Error::invalid(
                 OP,
                 "prompt plus new tokens exceed the context length",

@@ -22,6 +22,8 @@ mod block;
 mod generate;
 mod mlp;
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use ndarray::{ArrayView2, Ix3, s};
 
 pub use attention::{Attention, LayerCache, Positions};
@@ -51,6 +53,10 @@ pub const LOSS_CHUNK_ROWS: usize = 64;
 /// the fused head 2.4× faster than 64-row ones; `examples/packed_ratio.rs`).
 pub const LOSS_PASS_ROWS: usize = 2048;
 
+/// The fewest positions a [`Llama`]'s RoPE table is grown to (it grows by doubling, up to the
+/// context length, as passes reach further positions).
+pub const ROPE_MIN_POSITIONS: usize = 256;
+
 /// A Llama causal language model with frozen weights and (optionally) LoRA slots.
 pub struct Llama<F: Float> {
     config: LlamaConfig,
@@ -59,7 +65,9 @@ pub struct Llama<F: Float> {
     layers: Vec<Block<F>>,
     norm: RmsNorm<F>,
     lm_head: Option<FrozenWeight<F>>,
-    rope: RopeTable<F>,
+    /// The RoPE angles of the positions passes have used so far, grown on demand (never sized
+    /// by `max_position_embeddings`, which a file may set to millions).
+    rope: RwLock<Arc<RopeTable<F>>>,
     /// Row budget (sequences × positions) of one micro-batch of a pass without KV cache.
     max_rows: usize,
 }
@@ -73,7 +81,8 @@ impl<F: Float> Llama<F> {
     /// `mlp_bias` (gate, up, down) is set.
     ///
     /// # Errors
-    /// Missing or mis-shaped tensors; an invalid LoRA config.
+    /// Missing or mis-shaped tensors; [`Error::Config`] if `num_hidden_layers` differs from the
+    /// layers the checkpoint holds; an invalid LoRA config.
     pub fn load(
         config: &LlamaConfig,
         src: &mut dyn WeightSource,
@@ -91,6 +100,7 @@ impl<F: Float> Llama<F> {
             trainable,
         };
         let mut model = vb.pp("model");
+        model.pp("layers").check_layers(config.num_hidden_layers)?;
         let embed = model.pp("embed_tokens").frozen("weight", v, h)?;
         let mut blocks = model.pp("layers");
         let layers = (0..config.num_hidden_layers)
@@ -102,11 +112,11 @@ impl<F: Float> Llama<F> {
         } else {
             Some(vb.pp("lm_head").frozen("weight", v, h)?)
         };
-        let rope = RopeTable::new(
+        let rope = RwLock::new(Arc::new(RopeTable::new(
             config.head_dim(),
-            config.max_position_embeddings,
+            0,
             config.rope_theta,
-        )?;
+        )?));
         Ok(Llama {
             config: config.clone(),
             lora: lora.clone(),
@@ -158,6 +168,38 @@ impl<F: Float> Llama<F> {
         AdaptedModel::merge_adapters(self, trainable)
     }
 
+    /// The RoPE table covering positions `0..end`: the one built so far if it is long enough,
+    /// else one grown to the next power of two (at least [`ROPE_MIN_POSITIONS`], at most the
+    /// context length). The table a pass needs is sized by the positions it uses, so memory
+    /// never follows a configured context length the run does not reach.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `end` exceeds `max_position_embeddings`.
+    fn rope_table(&self, end: usize) -> Result<Arc<RopeTable<F>>> {
+        let max = self.config.max_position_embeddings;
+        if end > max {
+            return Err(Error::invalid(
+                "Llama::forward",
+                format!("positions up to {end} exceed the context length {max}"),
+            ));
+        }
+        let current = self.rope.read().unwrap_or_else(PoisonError::into_inner);
+        if current.max_positions() >= end {
+            return Ok(Arc::clone(&current));
+        }
+        drop(current);
+        let mut table = self.rope.write().unwrap_or_else(PoisonError::into_inner);
+        if table.max_positions() < end {
+            let n = end.next_power_of_two().max(ROPE_MIN_POSITIONS).min(max);
+            *table = Arc::new(RopeTable::new(
+                self.config.head_dim(),
+                n,
+                self.config.rope_theta,
+            )?);
+        }
+        Ok(Arc::clone(&table))
+    }
+
     /// The LM head: its own matrix, or the embedding table when they are tied.
     fn head(&self) -> &FrozenWeight<F> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
@@ -202,11 +244,16 @@ impl<F: Float> Llama<F> {
         pass: &Pass<'_, F>,
         mut cache: Option<&mut [LayerCache<F>]>,
     ) -> Result<Dual<F, Ix3>> {
+        let offset = cache
+            .as_ref()
+            .map_or(0, |c| c.first().map_or(0, LayerCache::len));
+        let end = offset.checked_add(ids.ncols()).ok_or_else(|| {
+            Error::invalid("Llama::forward", "position count overflows".to_string())
+        })?;
+        let rope = self.rope_table(end)?;
         let pos = Positions {
-            rope: &self.rope,
-            offset: cache
-                .as_ref()
-                .map_or(0, |c| c.first().map_or(0, LayerCache::len)),
+            rope: &rope,
+            offset,
             key_mask,
         };
         let mut x = embedding_frozen(ids, &self.embed)?;
