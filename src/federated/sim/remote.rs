@@ -248,6 +248,14 @@ pub fn client_jvp_step<F: Float, T: FederatedTask<F>>(
     }))
 }
 
+/// Where `client` is in the plan's sample (unsampled clients last, in their own order).
+fn sampled_position<F: Float>(plan: &RoundPlan<F>, client: u64) -> usize {
+    plan.sampled
+        .iter()
+        .position(|&c| c == client)
+        .unwrap_or(usize::MAX)
+}
+
 /// Replies dropped by validation: the client and why.
 pub type Rejected = Vec<(u64, String)>;
 
@@ -265,6 +273,14 @@ pub struct IterationRound<F: Float> {
     skipped: usize,
     rejected: usize,
     bytes: RoundBytes,
+}
+
+impl<F: Float> IterationRound<F> {
+    /// Counts replies dropped before they reached [`Simulation::iteration_step`] (malformed on
+    /// the wire) among the round's rejected ones.
+    pub fn add_rejected(&mut self, n: usize) {
+        self.rejected += n;
+    }
 }
 
 /// Checks a per-iteration reply against what the client was asked for: a sampled, active
@@ -395,6 +411,9 @@ impl<F: Float> Simulation<F> {
             up: 0,
             down: comm::download_model(n_scalars) * plan.sampled.len() as u64,
         };
+        // in sampled order, as the in-process round sums them (float sums depend on the order)
+        let mut steps = steps;
+        steps.sort_by_key(|s| sampled_position(&plan, s.update.client));
         let (mut loss_sum, mut n_loss, mut skipped) = (0.0, 0usize, 0usize);
         let mut updates = Vec::with_capacity(steps.len());
         let mut states = Vec::with_capacity(steps.len());
@@ -576,6 +595,9 @@ impl<F: Float> Simulation<F> {
         let cfg = self.config.clone();
         let mut rejected = Vec::new();
         let mut seen = BTreeSet::new();
+        // in sampled order, as the in-process step sums them
+        let mut replies = replies;
+        replies.sort_by_key(|r| sampled_position(&it.plan, r.client));
         let mut uploads = Vec::with_capacity(replies.len());
         for r in replies {
             let check = if seen.contains(&r.client) {
