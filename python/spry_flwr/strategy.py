@@ -335,7 +335,7 @@ class SpryStrategy(Strategy):
                 break
         summary = json.loads(self.server.finish())
         log(INFO, "final accuracy %s (before %s), files in %s",
-            summary.get("final_test_accuracy"), summary.get("initial_test_accuracy"),
+            summary.get("final_test_accuracy"), summary.get("test_accuracy_before"),
             self.out_dir)
         return summary
 
