@@ -39,6 +39,10 @@ pub use planner::{
 };
 pub use report::{METRICS_CSV_HEADER, RunSummary, metrics_csv, personalized_accuracy};
 pub use robust::CombineRule;
+pub use sim::remote::{
+    ClientStep, IterationRound, JvpReply, RoundPlan, client_jvp_step, client_step, iteration_steps,
+    validate_jvp_reply,
+};
 pub use sim::{
     Checkpoint, Evaluation, FederatedTask, Method, PlannerKind, RoundMetrics, SimConfig, Simulation,
 };

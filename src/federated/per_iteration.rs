@@ -15,15 +15,15 @@ use crate::{Float, Result};
 
 /// What a client sends per step in per-iteration mode.
 pub(super) struct JvpUpload<F: Float> {
-    client: u64,
+    pub(super) client: u64,
     /// The parameters it perturbed (the server replays their directions).
-    perturbed: Vec<usize>,
+    pub(super) perturbed: Vec<usize>,
     /// K JVP scalars (empty if nothing was perturbed).
-    jvp: Vec<F>,
+    pub(super) jvp: Vec<F>,
     /// Exact gradients of the parameters it trains on them.
-    exact: Vec<(usize, ArrayD<F>)>,
-    n_examples: usize,
-    loss: f64,
+    pub(super) exact: Vec<(usize, ArrayD<F>)>,
+    pub(super) n_examples: usize,
+    pub(super) loss: f64,
 }
 
 /// Where a per-iteration step sits: what the clients' passes and the server's replay share.

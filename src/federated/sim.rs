@@ -15,26 +15,25 @@ use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::{
-    Aggregator, ClientUpdate, RoundExpectation, ServerOptimizer, ServerState, aggregate_round_with,
+    Aggregator, RoundExpectation, ServerOptimizer, ServerState, aggregate_round_with,
 };
 use super::attack::Attack;
-use super::client::{ClientConfig, HeadGrad, Objective, train_local};
+use super::client::{ClientConfig, Objective};
 use super::comm::{self, CommMode, RoundBytes};
 use super::diagnostics::{DiagnosticsConfig, RoundDiagnostics};
-use super::mezo::train_local_mezo;
 use super::optim::OptimizerState;
-use super::per_iteration::{
-    StepPass, client_pass, exact_broadcast_bytes, replay_average, upload_bytes,
-};
-use super::perturb::StepKey;
+use super::per_iteration::{StepPass, client_pass};
 use super::planner::{
     AllUnitsPlanner, DepthAwarePlanner, NoUnitsPlanner, Planner, ReferencePlanner, ReshufflePlanner,
 };
 use super::robust::CombineRule;
 use crate::modules::{Directions, Trainable};
 pub use crate::parallel::parallel_map;
+
+pub mod remote;
 use crate::rng::{Domain, KeyedRng};
 use crate::{Error, Float, Result};
+use remote::{IterationRound, RoundPlan, client_step};
 
 /// Model quality on some examples.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -712,27 +711,9 @@ impl<F: Float> Simulation<F> {
             bytes.down += comm::download_model(n_scalars);
         }
         let global = &self.global;
-        let client_cfg = cfg.client.for_round(round);
-        let run_client = |(c, params, mut state): (u64, Vec<usize>, OptimizerState)| -> Result<(ClientUpdate<F>, OptimizerState, f64, usize)> {
-            let batches = task.train_batches(c as usize, round, cfg.batch_size)?;
-            let mut local = global.clone();
-            let key = StepKey {
-                seed: cfg.seed,
-                round,
-                client: c,
-                step: 0,
-            };
-            let report = match cfg.method {
-                Method::Spry | Method::FedFgd | Method::HeadOnly => train_local(task, &mut local, &params, &batches, &client_cfg, &mut state, key)?,
-                Method::FedMezo => train_local_mezo(task, &mut local, &params, &batches, &client_cfg, &mut state, key)?,
-            };
-            let update = ClientUpdate {
-                client: c,
-                round,
-                n_examples: report.n_examples,
-                params: params.iter().map(|&p| (p, local.value(p).clone())).collect(),
-            };
-            Ok((update, state, report.mean_loss, report.skipped))
+        let run_client = |(c, params, state): (u64, Vec<usize>, OptimizerState)| {
+            client_step(cfg, task, global, round, c, &params, state)
+                .map(|s| (s.update, s.state, s.loss, s.skipped))
         };
         let results = parallel_map(jobs, cfg.workers, run_client)?;
         let mut updates = Vec::with_capacity(results.len());
@@ -805,62 +786,26 @@ impl<F: Float> Simulation<F> {
         assigned: &[Vec<usize>],
     ) -> Result<(f64, RoundBytes, usize, usize)> {
         let round = self.round;
+        let plan = RoundPlan::new(round, sampled.to_vec(), dropped.clone(), assigned.to_vec());
+        let mut it: IterationRound<F> = self.begin_iteration(task, plan)?;
         let cfg = self.config.clone();
-        if cfg.method == Method::FedMezo {
-            return Err(Error::invalid(
-                "Simulation",
-                "per-iteration mode is defined for forward-gradient methods",
-            ));
-        }
-        let n_scalars = self.global.n_scalars();
-        let mut bytes = RoundBytes::default();
-        let active: Vec<(u64, &Vec<usize>)> = sampled
-            .iter()
-            .copied()
-            .zip(assigned)
-            .filter(|(c, _)| !dropped.contains(c))
-            .collect();
-        if active.len() < cfg.min_clients.max(1) {
-            return Err(Error::Round {
-                round,
-                reason: format!(
-                    "{} clients left after dropouts, at least {} required",
-                    active.len(),
-                    cfg.min_clients.max(1)
-                ),
-            });
-        }
-        bytes.down += comm::download_model(n_scalars) * active.len() as u64;
+        let active: Vec<(u64, Vec<usize>)> =
+            it.plan.active().map(|(c, a)| (c, a.to_vec())).collect();
+        // each client's batches are tokenised once for the whole round
         let batches: Vec<Vec<T::Batch>> = active
             .iter()
             .map(|(c, _)| task.train_batches(*c as usize, round, cfg.batch_size))
             .collect::<Result<_>>()?;
-        let steps = batches.iter().map(Vec::len).max().unwrap_or(0) * cfg.client.local_epochs;
-        let mut state = self
-            .iteration_state
-            .take()
-            .unwrap_or_else(|| OptimizerState::new(self.global.len()));
-        if !cfg.keep_client_state {
-            state = OptimizerState::new(self.global.len());
-        }
-        let client_cfg = cfg.client.for_round(round);
-        let (mut loss_sum, mut n_loss, mut skipped) = (0.0, 0usize, 0usize);
-        let head = task.exact_params();
-        let backprop = task.backprop_params();
-        // the tensors trained on exact gradients: the locally reversed ones always, the head
-        // when `head_grad` says so
-        let mut exact_trained = backprop.clone();
-        if cfg.client.head_grad == HeadGrad::Exact {
-            exact_trained.extend(head.iter().filter(|p| !backprop.contains(p)));
-        }
-        for step in 0..steps {
+        let (head, backprop) = (task.exact_params(), task.backprop_params());
+        while it.step < it.steps {
+            let step = it.step;
             // clients: one dual pass each on the current global, upload K scalars (and the exact
             // gradients of the tensors trained on them)
             let work: Vec<(usize, u64, Vec<usize>)> = active
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| !batches[*i].is_empty())
-                .map(|(i, (c, a))| (i, *c, (*a).clone()))
+                .map(|(i, (c, a))| (i, *c, a.clone()))
                 .collect();
             let pass = StepPass {
                 cfg: &cfg,
@@ -874,34 +819,11 @@ impl<F: Float> Simulation<F> {
                 let batch = &batches[i][step % batches[i].len()];
                 client_pass(task, global, &pass, client, &params, batch)
             })?;
-            bytes.up += uploads
-                .iter()
-                .map(|u| upload_bytes(u, cfg.client.k))
-                .sum::<u64>();
-            bytes.down += comm::broadcast_jvps(cfg.client.k, uploads.len());
             // server: replay each client's directions from the seed, average per tensor, step
-            let replay = replay_average(global, &pass, uploads)?;
-            skipped += replay.skipped;
-            loss_sum += replay.loss_sum;
-            n_loss += replay.n_loss;
-            // the averaged exact gradients go to every participant with the JVP broadcast
-            if !exact_trained.is_empty() {
-                bytes.down +=
-                    active.len() as u64 * exact_broadcast_bytes(&replay.grads, &exact_trained);
-            }
-            state.step_with(
-                |p| client_cfg.optimizer_for(p, &head),
-                &mut self.global,
-                &replay.grads,
-            )?;
+            self.iteration_apply(task, &mut it, uploads)?;
         }
-        self.iteration_state = Some(state);
-        let mean = if n_loss > 0 {
-            loss_sum / n_loss as f64
-        } else {
-            f64::NAN
-        };
-        Ok((mean, bytes, skipped, 0))
+        let (mean, bytes, skipped, rejected, _) = self.end_iteration(it);
+        Ok((mean, bytes, skipped, rejected))
     }
 
     /// Runs until `config.rounds`, checkpointing after every round to `checkpoint` (if given)

@@ -29,13 +29,13 @@ use crate::federated::{
     personalized_accuracy,
 };
 use crate::io::{BertConfig, assets_dir};
-use crate::models::bert::{ClassifierConfig, Pooling};
+use crate::models::bert::{BertClassifier, ClassifierConfig, Pooling};
 use crate::models::pretrained::{
     BERT_DIR_FILES, load_bert_classifier_dir, require_files, save_bert_classifier,
 };
-use crate::modules::{LoraConfig, parse_layers};
+use crate::modules::{LoraConfig, Trainable, parse_layers};
 use crate::tasks::ClassificationTask;
-use crate::tokenizer::TokenizerOptions;
+use crate::tokenizer::{TextTokenizer, TokenizerOptions};
 use crate::{Error, Result};
 
 /// The server's aggregation rule (FedAvgM's η and μ are [`ClassificationRun::server_lr`] and
@@ -533,6 +533,50 @@ impl ClassificationRun {
         if cls { Pooling::Cls } else { Pooling::Mean }
     }
 
+    /// Everything a run needs loaded, without running it: the model with its adapters and
+    /// head (pooling and exact top layers applied), its tokenizer, the data (training and
+    /// evaluation examples), the partition scheme and the simulation's configuration. What
+    /// [`ClassificationRun::run`] trains, and what a run driven from elsewhere (the Flower app
+    /// in `python/`) loads on its server and on each node.
+    ///
+    /// # Errors
+    /// Missing model files (with the hint to fetch them), data, config and model errors.
+    pub fn load(&self) -> Result<LoadedClassification> {
+        if self.model_dir.is_none() || self.train.is_none() {
+            ensure_bundled()?;
+        }
+        let model_dir = self.model_dir();
+        require_files(&model_dir, &BERT_DIR_FILES)?;
+        let bert_config = BertConfig::from_file(model_dir.join("config.json"))?;
+        let lora = self.lora_config(bert_config.num_hidden_layers)?;
+        let (train, eval, labels) = self.load_data()?;
+        let opts = TokenizerOptions::default().with_max_len(self.max_len);
+        let (model, initial, tokenizer) =
+            load_bert_classifier_dir(&model_dir, &lora, labels.len(), self.seed, opts)?;
+        let pooling = self.pooling_for(&model_dir);
+        let model = model
+            .with_pooling(pooling)
+            .with_exact_top_layers(self.exact_top_layers);
+        let saved = ClassifierConfig::new(labels.names(), pooling, Some(self.max_len))?;
+        let scheme = match self.partition {
+            PartitionKind::Dirichlet => PartitionScheme::Dirichlet { alpha: self.alpha },
+            PartitionKind::Iid => PartitionScheme::Iid,
+            PartitionKind::Natural => PartitionScheme::Natural,
+        };
+        let config = self.sim_config(model.head_unit())?;
+        Ok(LoadedClassification {
+            model,
+            tokenizer,
+            initial,
+            lora,
+            saved,
+            train,
+            eval,
+            scheme,
+            config,
+        })
+    }
+
     /// Runs the experiment into `out`: writes `config.json` (these settings; on `resume` they
     /// must equal the recorded ones), `checkpoint.json` after every round, `metrics.csv` as it
     /// goes, `adapter-best/` at each better evaluation, and at the end `adapter/` (each a PEFT
@@ -560,31 +604,19 @@ impl ClassificationRun {
         let lora = self.lora_config(bert_config.num_hidden_layers)?;
         // a resume with other settings stops here, before anything heavy is loaded
         record_settings(out, self, resume)?;
-        let (train, eval, labels) = self.load_data()?;
-        let n_labels = labels.len();
-        let opts = TokenizerOptions::default().with_max_len(self.max_len);
-        let (model, initial, tokenizer) =
-            load_bert_classifier_dir(&model_dir, &lora, n_labels, self.seed, opts)?;
-        let pooling = self.pooling_for(&model_dir);
-        let model = model
-            .with_pooling(pooling)
-            .with_exact_top_layers(self.exact_top_layers);
-        let saved = ClassifierConfig::new(labels.names(), pooling, Some(self.max_len))?;
-        let scheme = match self.partition {
-            PartitionKind::Dirichlet => PartitionScheme::Dirichlet { alpha: self.alpha },
-            PartitionKind::Iid => PartitionScheme::Iid,
-            PartitionKind::Natural => PartitionScheme::Natural,
-        };
+        let loaded = self.load()?;
+        let (model, initial, tokenizer, saved) =
+            (loaded.model, loaded.initial, loaded.tokenizer, loaded.saved);
         let task = ClassificationTask::new(
             &model,
             &tokenizer,
-            train,
-            eval,
-            &scheme,
+            loaded.train,
+            loaded.eval,
+            &loaded.scheme,
             self.clients,
             self.seed,
         )?;
-        let config = self.sim_config(model.head_unit())?;
+        let config = loaded.config;
         let ckpt_path = out.join("checkpoint.json");
         let mut sim = if resume && ckpt_path.is_file() {
             let ckpt = Simulation::<f32>::load_checkpoint(&ckpt_path)?;
@@ -632,7 +664,10 @@ impl ClassificationRun {
 
     /// `summary.json`: [`RunSummary`], the personalised metric, the evaluated split, the total
     /// time and these settings.
-    fn write_summary(
+    ///
+    /// # Errors
+    /// Evaluation errors; I/O errors of `out`.
+    pub fn write_summary(
         &self,
         out: &Path,
         task: &ClassificationTask<'_>,
@@ -656,6 +691,28 @@ impl ClassificationRun {
         std::fs::write(&path, text).map_err(|source| Error::Io { source, path })?;
         Ok(summary)
     }
+}
+
+/// What [`ClassificationRun::load`] loads.
+pub struct LoadedClassification {
+    /// The classifier (pooling and exact top layers applied).
+    pub model: BertClassifier<f32>,
+    /// Its tokenizer (truncating at `max_len`).
+    pub tokenizer: TextTokenizer,
+    /// The initial trainable tensors (LoRA and head, seeded).
+    pub initial: Trainable<f32>,
+    /// The adapters' configuration.
+    pub lora: LoraConfig,
+    /// What the adapter folder records besides the tensors (classes, pooling, truncation).
+    pub saved: ClassifierConfig,
+    /// Training examples (the validation split removed).
+    pub train: Vec<Example>,
+    /// Evaluation examples (the test set or the validation split).
+    pub eval: Vec<Example>,
+    /// How the training examples are split among the clients.
+    pub scheme: PartitionScheme,
+    /// The simulation's configuration.
+    pub config: SimConfig,
 }
 
 /// What [`ClassificationRun::run`] returns besides its files.
