@@ -128,11 +128,19 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| Error::Format {
+        let format_error = |msg: String| Error::Format {
             path: path.to_path_buf(),
             format: "tokenizer.json",
-            msg: e.to_string(),
+            msg,
+        };
+        // the tokenizers crate panics on some malformed files (a decoder whose JSON does not
+        // parse: `expect("Helper")`), so a panic here is a format error too
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes)).map_err(|_| {
+            format_error(
+                "the tokenizers crate panicked while parsing it (a malformed component)".into(),
+            )
         })?;
+        let inner = parsed.map_err(|e| format_error(e.to_string()))?;
         let file_pad = inner.get_padding().map(|p| p.pad_id);
         Self::configure(inner, file_pad.unwrap_or(0), opts)
     }
