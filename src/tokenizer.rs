@@ -128,11 +128,19 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| Error::Format {
+        let format_error = |msg: String| Error::Format {
             path: path.to_path_buf(),
             format: "tokenizer.json",
-            msg: e.to_string(),
+            msg,
+        };
+        // the tokenizers crate panics on some malformed files (a decoder whose JSON does not
+        // parse: `expect("Helper")`), so a panic here is a format error too
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes)).map_err(|_| {
+            format_error(
+                "the tokenizers crate panicked while parsing it (a malformed component)".into(),
+            )
         })?;
+        let inner = parsed.map_err(|e| format_error(e.to_string()))?;
         let file_pad = inner.get_padding().map(|p| p.pad_id);
         Self::configure(inner, file_pad.unwrap_or(0), opts)
     }
@@ -187,15 +195,34 @@ impl TextTokenizer {
         // exercised once: a description that loads but panics when it encodes (a post-processor
         // naming a special token it does not define) is a typed error here, not a panic later
         let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = inner.encode("a", true);
-            let _ = inner.encode(("a", "b"), true);
+            let single = inner.encode("a", true);
+            let pair = inner.encode(("a", "b"), true);
+            [single, pair]
         }));
-        if probe.is_err() {
+        let Ok(probe) = probe else {
             return Err(Error::Tokenizer {
                 msg: "the tokenizer panics when it encodes a text (a post-processor template \
                       naming a special token it does not define?)"
                     .into(),
             });
+        };
+        // every id the probes produce (the post-processor's special tokens among them) must be
+        // one the vocabulary knows: a template or BertProcessing naming `[SEP]` with another
+        // id would silently put a wrong token into every sequence
+        for enc in probe.iter().flatten() {
+            if let Some(&id) = enc
+                .get_ids()
+                .iter()
+                .find(|&&id| inner.id_to_token(id).is_none())
+            {
+                return Err(Error::Tokenizer {
+                    msg: format!(
+                        "encoding a text gives id {id}, which is not in the vocabulary of {} \
+                         tokens (a post-processor naming a special token by another id?)",
+                        inner.get_vocab_size(true)
+                    ),
+                });
+            }
         }
         let pad_id = opts.pad_id.unwrap_or(default_pad);
         if inner.id_to_token(pad_id).is_none() {

@@ -361,47 +361,57 @@ pub struct Simulation<F: Float> {
     pub history: Vec<RoundMetrics>,
 }
 
+/// The checks a run's configuration must pass, whether it starts fresh or resumes from a
+/// checkpoint (which carries its configuration).
+fn check_config<F: Float>(
+    op: &'static str,
+    config: &SimConfig,
+    initial: &Trainable<F>,
+) -> Result<()> {
+    if config.clients_per_round == 0
+        || config.batch_size == 0
+        || config.client.k == 0
+        || config.workers == 0
+    {
+        return Err(Error::invalid(
+            op,
+            "clients per round, batch size, K and workers must be positive",
+        ));
+    }
+    config.client.lr_schedule.validate()?;
+    config.combine.validate()?;
+    if config.attack.is_some() && config.comm != CommMode::PerEpoch {
+        return Err(Error::invalid(
+            op,
+            "simulated attacks corrupt per-epoch updates; use per-epoch communication",
+        ));
+    }
+    if !(0.0..1.0).contains(&config.drop_prob) {
+        return Err(Error::invalid(op, "drop probability must be in [0, 1)"));
+    }
+    let n_units = initial.units().len();
+    if let Some(&u) = config.shared_units.iter().find(|&&u| u >= n_units) {
+        return Err(Error::invalid(
+            op,
+            format!("shared unit {u} does not exist ({n_units} units)"),
+        ));
+    }
+    if config.method == Method::HeadOnly && config.shared_units.is_empty() {
+        return Err(Error::invalid(
+            op,
+            "head-only training needs the head among the shared units",
+        ));
+    }
+    Ok(())
+}
+
 impl<F: Float> Simulation<F> {
     /// A fresh run from initial tensors.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for an inconsistent configuration.
     pub fn new(config: SimConfig, initial: Trainable<F>) -> Result<Self> {
-        const OP: &str = "Simulation::new";
-        if config.clients_per_round == 0
-            || config.batch_size == 0
-            || config.client.k == 0
-            || config.workers == 0
-        {
-            return Err(Error::invalid(
-                OP,
-                "clients per round, batch size, K and workers must be positive",
-            ));
-        }
-        config.client.lr_schedule.validate()?;
-        config.combine.validate()?;
-        if config.attack.is_some() && config.comm != CommMode::PerEpoch {
-            return Err(Error::invalid(
-                OP,
-                "simulated attacks corrupt per-epoch updates; use per-epoch communication",
-            ));
-        }
-        if !(0.0..1.0).contains(&config.drop_prob) {
-            return Err(Error::invalid(OP, "drop probability must be in [0, 1)"));
-        }
-        let n_units = initial.units().len();
-        if let Some(&u) = config.shared_units.iter().find(|&&u| u >= n_units) {
-            return Err(Error::invalid(
-                OP,
-                format!("shared unit {u} does not exist ({n_units} units)"),
-            ));
-        }
-        if config.method == Method::HeadOnly && config.shared_units.is_empty() {
-            return Err(Error::invalid(
-                OP,
-                "head-only training needs the head among the shared units",
-            ));
-        }
+        check_config("Simulation::new", &config, &initial)?;
         let server = ServerState::new(config.server, initial.len());
         Ok(Simulation {
             config,
@@ -421,7 +431,8 @@ impl<F: Float> Simulation<F> {
     /// checkpoint's values are loaded into.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if the checkpoint does not match the registry or `config`.
+    /// [`Error::InvalidArgument`] if the checkpoint does not match the registry or `config`, or
+    /// its configuration is one [`Simulation::new`] refuses.
     pub fn resume(config: &SimConfig, mut initial: Trainable<F>, ckpt: Checkpoint) -> Result<Self> {
         const OP: &str = "Simulation::resume";
         if ckpt.config != *config {
@@ -430,6 +441,7 @@ impl<F: Float> Simulation<F> {
                 "the checkpoint was written by a run with another configuration",
             ));
         }
+        check_config(OP, &ckpt.config, &initial)?;
         let sizes: Vec<usize> = initial.values().iter().map(|v| v.len()).collect();
         ckpt.validate(&sizes)?;
         // every value converted and checked before the registry changes
