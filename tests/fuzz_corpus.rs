@@ -3,7 +3,6 @@
 //! the fuzz target calls (`fuzz/src/readers.rs`), and property tests: any byte string, and any
 //! mutation of a seed, into any reader gives `Ok` or a typed error, never a panic.
 //!
-//!
 //! The seeds are written by the ignored test `write_seed_corpus` (from the real assets,
 //! `$SPRY_ASSETS`, and the crate's own writers):
 //! `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`.
