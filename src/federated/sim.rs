@@ -655,6 +655,20 @@ impl<F: Float> Simulation<F> {
                 self.round_per_iteration(task, &sampled, &dropped, &assigned)?
             }
         };
+        self.close_metrics(task, probe, train_loss, bytes, skipped, rejected)
+    }
+
+    /// Advances the round counter and returns the round's metrics, with the diagnostics'
+    /// second half and the evaluation when one is due (the caller sets `wall_s`).
+    fn close_metrics<T: FederatedTask<F>>(
+        &mut self,
+        task: &T,
+        probe: Option<super::diagnostics::Probe<F>>,
+        train_loss: f64,
+        bytes: RoundBytes,
+        skipped: usize,
+        rejected: usize,
+    ) -> Result<RoundMetrics> {
         self.round += 1;
         let mut m = RoundMetrics {
             round: self.round,

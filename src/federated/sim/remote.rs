@@ -498,24 +498,8 @@ impl<F: Float> Simulation<F> {
         rejected: usize,
         wall_s: f64,
     ) -> Result<RoundMetrics> {
-        self.round += 1;
-        let mut m = RoundMetrics {
-            round: self.round,
-            wall_s,
-            train_loss,
-            bytes,
-            skipped_steps: skipped,
-            rejected,
-            ..Default::default()
-        };
-        if let Some(probe) = probe {
-            m.diagnostics = Some(probe.after_round(self, task)?);
-        }
-        if self.round.is_multiple_of(self.config.eval_every.max(1))
-            || self.round == self.config.rounds
-        {
-            m.test = Some(task.evaluate(&self.global)?);
-        }
+        let mut m = self.close_metrics(task, probe, train_loss, bytes, skipped, rejected)?;
+        m.wall_s = wall_s;
         self.history.push(m.clone());
         Ok(m)
     }
