@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -55,17 +56,28 @@ def test_three_supernodes_end_with_the_in_process_adapter(federation, tmp_path):
 def test_a_node_killed_mid_run_does_not_stop_it(federation, tmp_path):
     cfg = write_experiment(tmp_path / "exp", rounds=3)
     out = tmp_path / "flower"
-    proc = subprocess.Popen([str(SCRIPT), "run", str(cfg), str(out), "round-timeout=20"],
+    # a round timeout long enough for a node's fresh ClientApp process to load the experiment on
+    # a loaded 2-core machine (at 20 s, nodes missed round 1 under CI load and were never sent
+    # work, so the kill went unnoticed)
+    proc = subprocess.Popen([str(SCRIPT), "run", str(cfg), str(out), "round-timeout=90"],
                             env=federation, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
-    # kill SuperNode 2 once round 1 is closed
-    deadline = time.time() + 300
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    # kill SuperNode 2 once round 1 is closed and the server knows which shard it holds
+    deadline = time.time() + 400
     while time.time() < deadline:
-        if (out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 2:
+        closed = (out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 2
+        if closed and any("holds shard 2 of 3" in line for line in lines):
             break
         time.sleep(0.5)
+    else:
+        pytest.fail("shard 2's node never answered before round 1 closed:\n" + "".join(lines))
     subprocess.run([str(SCRIPT), "kill-node", "2"], env=federation, check=True)
-    log, _ = proc.communicate(timeout=600)
+    proc.wait(timeout=900)
+    reader.join(timeout=30)
+    log = "".join(lines)
     assert "SPRY_SUMMARY" in log, log
     assert "no reply from node" in log, log
     with open(out / "metrics.csv") as f:
