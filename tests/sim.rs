@@ -580,9 +580,15 @@ fn a_checkpoint_is_validated_before_a_resume_uses_it() {
     };
     resume(&good).unwrap();
     type Edit = fn(&mut serde_json::Value, &[usize]);
-    let cases: [(&str, Edit); 6] = [
+    let cases: [(&str, Edit); 8] = [
         ("a tensor one value short", |v, _| {
             v["params"][0].as_array_mut().unwrap().pop();
+        }),
+        ("a parameter of 1e308", |v, _| {
+            v["params"][0][0] = 1e308.into()
+        }),
+        ("a parameter of -1e39", |v, _| {
+            v["params"][1][0] = (-1e39).into()
         }),
         ("round u64::MAX", |v, _| v["round"] = u64::MAX.into()),
         ("more metrics than rounds", |v, _| v["round"] = 1.into()),

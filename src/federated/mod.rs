@@ -44,5 +44,6 @@ pub use sim::remote::{
     validate_jvp_reply,
 };
 pub use sim::{
-    Checkpoint, Evaluation, FederatedTask, Method, PlannerKind, RoundMetrics, SimConfig, Simulation,
+    Checkpoint, Evaluation, FederatedTask, MAX_CHECKPOINT_VALUE, Method, PlannerKind, RoundMetrics,
+    SimConfig, Simulation,
 };

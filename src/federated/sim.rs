@@ -267,6 +267,11 @@ pub struct RoundMetrics {
     pub diagnostics: Option<RoundDiagnostics>,
 }
 
+/// The largest parameter magnitude a checkpoint may hold: f32's range, in which every spry model
+/// keeps its weights. A larger value (finite in f64) comes from a run that diverged or a file
+/// that was changed, and is refused by [`Checkpoint::validate`].
+pub const MAX_CHECKPOINT_VALUE: f64 = f32::MAX as f64;
+
 /// The resumable state of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -292,8 +297,9 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Checks the whole checkpoint against its own configuration and parameters of `sizes`
     /// elements, before a resume uses any of it: the parameter count and lengths, finite
-    /// values, the server state (its optimizer must be the configuration's), every optimizer
-    /// state, and a round count within the configured rounds (so it cannot overflow).
+    /// values within ±[`MAX_CHECKPOINT_VALUE`], the server state (its optimizer must be the
+    /// configuration's), every optimizer state, and a round count within the configured rounds
+    /// (so it cannot overflow).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming the first inconsistency.
@@ -321,6 +327,16 @@ impl Checkpoint {
         }
         let params: Vec<Option<Vec<f64>>> = self.params.iter().cloned().map(Some).collect();
         super::optim::check_moments("parameters", &params, sizes, false).map_err(bad)?;
+        if let Some((i, x)) = self.params.iter().enumerate().find_map(|(i, t)| {
+            t.iter()
+                .find(|x| x.abs() > MAX_CHECKPOINT_VALUE)
+                .map(|x| (i, x))
+        }) {
+            return Err(bad(format!(
+                "tensor {i} holds {x}, beyond ±{MAX_CHECKPOINT_VALUE:e} (the float range of the \
+                 models' weights)"
+            )));
+        }
         self.server
             .check(&self.config.server, sizes)
             .map_err(&bad)?;
