@@ -135,15 +135,14 @@ mod seed {
     use ndarray::{ArrayD, IxDyn};
     use serde_json::{Value, json};
     use spry::federated::{
-        ClientConfig, CommMode, Evaluation, FederatedTask, LocalOptimizer, LossJvp, Method,
-        Objective, ServerOptimizer, SimConfig, Simulation,
+        ClientConfig, CommMode, LocalOptimizer, Method, ServerOptimizer, SimConfig, Simulation,
     };
     use spry::io::{GgufFile, save_safetensors};
     use spry::models::bert::{ClassifierConfig, Pooling};
-    use spry::modules::{Directions, DropoutKey, Trainable, save_peft_adapter};
+    use spry::modules::save_peft_adapter;
     use spry::rng::{Domain, KeyedRng};
 
-    use super::tiny_model::{Batch, TinyNet, init_params, separable_batches};
+    use super::tiny_model::{TinyTask, init_params};
 
     /// Writes `fuzz/seeds/<target>/<name>`.
     pub fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -332,62 +331,6 @@ mod seed {
     }
 
     // -- checkpoints of the tiny network --
-
-    pub struct TinyTask {
-        net: TinyNet,
-        clients: Vec<Vec<Batch>>,
-    }
-
-    impl TinyTask {
-        pub fn new() -> Self {
-            TinyTask {
-                net: TinyNet::default(),
-                clients: (0..4).map(|c| separable_batches(100 + c, 12, 6)).collect(),
-            }
-        }
-    }
-
-    impl Objective<f64> for TinyTask {
-        type Batch = Batch;
-        fn loss_jvp(
-            &self,
-            b: &Batch,
-            p: &Trainable<f64>,
-            d: &Directions<f64>,
-            drop: Option<&DropoutKey>,
-            ex: &[usize],
-        ) -> spry::Result<LossJvp<f64>> {
-            self.net.loss_jvp(b, p, d, drop, ex)
-        }
-        fn exact_params(&self) -> Vec<usize> {
-            self.net.exact_params()
-        }
-        fn batch_len(&self, b: &Batch) -> usize {
-            b.y.len()
-        }
-    }
-
-    impl FederatedTask<f64> for TinyTask {
-        fn n_clients(&self) -> usize {
-            self.clients.len()
-        }
-        fn train_batches(&self, c: usize, _round: u64, _bs: usize) -> spry::Result<Vec<Batch>> {
-            Ok(self.clients[c].clone())
-        }
-        fn evaluate(&self, params: &Trainable<f64>) -> spry::Result<Evaluation> {
-            let none = Directions::none(params.len());
-            let b = &self.clients[0][0];
-            let loss = self.net.loss_jvp(b, params, &none, None, &[])?.loss;
-            Ok(Evaluation {
-                loss,
-                accuracy: Some(0.5),
-                n: b.y.len(),
-            })
-        }
-        fn evaluate_client(&self, _c: usize, params: &Trainable<f64>) -> spry::Result<Evaluation> {
-            self.evaluate(params)
-        }
-    }
 
     /// The checkpoint after two rounds of the tiny network under `cfg`.
     pub fn checkpoint(cfg: SimConfig) -> Vec<u8> {

@@ -5,76 +5,13 @@ mod tiny_model;
 
 use ndarray::ArrayD;
 use spry::federated::{
-    Aggregator, Attack, AttackKind, Checkpoint, ClientConfig, CombineRule, CommMode, Evaluation,
-    FederatedTask, HeadGrad, LocalOptimizer, LossJvp, Method, Objective, Perturbation, Plan,
-    Planner, PlannerKind, ServerOptimizer, SimConfig, Simulation,
+    Aggregator, Attack, AttackKind, Checkpoint, ClientConfig, CombineRule, CommMode, FederatedTask,
+    HeadGrad, LocalOptimizer, Method, Objective, Perturbation, Plan, Planner, PlannerKind,
+    ServerOptimizer, SimConfig, Simulation,
 };
-use spry::modules::{Directions, DropoutKey, Trainable};
+use spry::modules::Trainable;
 use spry::{Error, Result};
-use tiny_model::{Batch, TinyNet, init_params, separable_batches};
-
-/// Eight clients with separable data, a shared test set.
-struct TinyTask {
-    net: TinyNet,
-    clients: Vec<Vec<Batch>>,
-    test: Vec<Batch>,
-}
-
-impl TinyTask {
-    fn new() -> Self {
-        TinyTask {
-            net: TinyNet::default(),
-            clients: (0..8).map(|c| separable_batches(100 + c, 24, 6)).collect(),
-            test: separable_batches(999, 60, 20),
-        }
-    }
-}
-
-impl Objective<f64> for TinyTask {
-    type Batch = Batch;
-    fn loss_jvp(
-        &self,
-        b: &Batch,
-        p: &Trainable<f64>,
-        d: &Directions<f64>,
-        drop: Option<&DropoutKey>,
-        ex: &[usize],
-    ) -> Result<LossJvp<f64>> {
-        self.net.loss_jvp(b, p, d, drop, ex)
-    }
-    fn exact_params(&self) -> Vec<usize> {
-        self.net.exact_params()
-    }
-    fn batch_len(&self, b: &Batch) -> usize {
-        b.y.len()
-    }
-}
-
-impl FederatedTask<f64> for TinyTask {
-    fn n_clients(&self) -> usize {
-        self.clients.len()
-    }
-    fn train_batches(&self, client: usize, _round: u64, _bs: usize) -> Result<Vec<Batch>> {
-        Ok(self.clients[client].clone())
-    }
-    fn evaluate(&self, params: &Trainable<f64>) -> Result<Evaluation> {
-        let none = Directions::none(params.len());
-        let loss = self
-            .test
-            .iter()
-            .map(|b| self.net.loss_jvp(b, params, &none, None, &[]).unwrap().loss)
-            .sum::<f64>()
-            / self.test.len() as f64;
-        Ok(Evaluation {
-            loss,
-            accuracy: None,
-            n: 60,
-        })
-    }
-    fn evaluate_client(&self, _client: usize, params: &Trainable<f64>) -> Result<Evaluation> {
-        self.evaluate(params)
-    }
-}
+use tiny_model::{TinyTask, init_params};
 
 fn config(method: Method, comm: CommMode) -> SimConfig {
     SimConfig {

@@ -651,20 +651,9 @@ impl<F: Float> Simulation<F> {
     /// Task errors; [`Error::Round`] if too few clients returned valid updates (the global
     /// state is then unchanged).
     pub fn run_round<T: FederatedTask<F>>(&mut self, task: &T) -> Result<RoundMetrics> {
-        if self.pending_aggregator_state.is_some() {
-            return Err(Error::invalid(
-                "Simulation::run_round",
-                "the checkpoint holds a custom aggregator's state: plug it in with \
-                 Simulation::with_aggregator before running",
-            ));
-        }
-        let round = self.round;
-        let (sampled, dropped) = self.sample_clients(round, task.n_clients());
-        let assigned = self.assignments(round, sampled.len())?;
-        let probe = match self.config.diagnostics {
-            Some(cfg) => Some(super::diagnostics::Probe::before_round(self, task, cfg)?),
-            None => None,
-        };
+        let mut plan = self.plan_round(task)?;
+        let probe = plan.take_probe();
+        let (sampled, dropped, assigned) = (plan.sampled, plan.dropped, plan.assigned);
         let (train_loss, bytes, skipped, rejected) = match self.config.comm {
             CommMode::PerEpoch => self.round_per_epoch(task, &sampled, &dropped, &assigned)?,
             CommMode::PerIteration => {

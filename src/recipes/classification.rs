@@ -533,6 +533,22 @@ impl ClassificationRun {
         if cls { Pooling::Cls } else { Pooling::Mean }
     }
 
+    /// The model folder (the bundled files fetched on first use when a default is used), its
+    /// files checked, and the LoRA configuration for its layer count.
+    ///
+    /// # Errors
+    /// Missing model files (with the hint to fetch them), config errors.
+    fn model_files(&self) -> Result<(PathBuf, LoraConfig)> {
+        if self.model_dir.is_none() || self.train.is_none() {
+            ensure_bundled()?;
+        }
+        let model_dir = self.model_dir();
+        require_files(&model_dir, &BERT_DIR_FILES)?;
+        let bert_config = BertConfig::from_file(model_dir.join("config.json"))?;
+        let lora = self.lora_config(bert_config.num_hidden_layers)?;
+        Ok((model_dir, lora))
+    }
+
     /// Everything a run needs loaded, without running it: the model with its adapters and
     /// head (pooling and exact top layers applied), its tokenizer, the data (training and
     /// evaluation examples), the partition scheme and the simulation's configuration. What
@@ -542,13 +558,7 @@ impl ClassificationRun {
     /// # Errors
     /// Missing model files (with the hint to fetch them), data, config and model errors.
     pub fn load(&self) -> Result<LoadedClassification> {
-        if self.model_dir.is_none() || self.train.is_none() {
-            ensure_bundled()?;
-        }
-        let model_dir = self.model_dir();
-        require_files(&model_dir, &BERT_DIR_FILES)?;
-        let bert_config = BertConfig::from_file(model_dir.join("config.json"))?;
-        let lora = self.lora_config(bert_config.num_hidden_layers)?;
+        let (model_dir, lora) = self.model_files()?;
         let (train, eval, labels) = self.load_data()?;
         let opts = TokenizerOptions::default().with_max_len(self.max_len);
         let (model, initial, tokenizer) =
@@ -595,18 +605,17 @@ impl ClassificationRun {
         let start = Instant::now();
         let io = |path: PathBuf| move |source| Error::Io { source, path };
         std::fs::create_dir_all(out).map_err(io(out.to_path_buf()))?;
-        if self.model_dir.is_none() || self.train.is_none() {
-            ensure_bundled()?;
-        }
-        let model_dir = self.model_dir();
-        require_files(&model_dir, &BERT_DIR_FILES)?;
-        let bert_config = BertConfig::from_file(model_dir.join("config.json"))?;
-        let lora = self.lora_config(bert_config.num_hidden_layers)?;
-        // a resume with other settings stops here, before anything heavy is loaded
+        // missing files or a resume with other settings stop here, before anything heavy loads
+        self.model_files()?;
         record_settings(out, self, resume)?;
         let loaded = self.load()?;
-        let (model, initial, tokenizer, saved) =
-            (loaded.model, loaded.initial, loaded.tokenizer, loaded.saved);
+        let (model, initial, tokenizer, saved, lora) = (
+            loaded.model,
+            loaded.initial,
+            loaded.tokenizer,
+            loaded.saved,
+            loaded.lora,
+        );
         let task = ClassificationTask::new(
             &model,
             &tokenizer,

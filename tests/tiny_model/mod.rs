@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 
 use ndarray::{Array2, ArrayD, Ix1, Ix2, IxDyn};
-use spry::federated::{LossJvp, Objective};
+use spry::federated::{Evaluation, FederatedTask, LossJvp, Objective};
 use spry::kernels::{cross_entropy_with_grad, linear_dual};
 use spry::modules::{Directions, DropoutKey, Trainable, trainable::param_dual};
 use spry::rng::{Domain, KeyedRng};
@@ -245,4 +245,68 @@ pub fn fd_gradient(theta: &[f64], batch: &Batch) -> Vec<f64> {
             (plain_loss(&p, batch) - plain_loss(&m, batch)) / (2.0 * h)
         })
         .collect()
+}
+
+/// A federated task over the tiny network: eight clients with separable data, a shared test
+/// set.
+pub struct TinyTask {
+    pub net: TinyNet,
+    pub clients: Vec<Vec<Batch>>,
+    pub test: Vec<Batch>,
+}
+
+impl TinyTask {
+    pub fn new() -> Self {
+        TinyTask {
+            net: TinyNet::default(),
+            clients: (0..8).map(|c| separable_batches(100 + c, 24, 6)).collect(),
+            test: separable_batches(999, 60, 20),
+        }
+    }
+}
+
+impl Objective<f64> for TinyTask {
+    type Batch = Batch;
+    fn loss_jvp(
+        &self,
+        b: &Batch,
+        p: &Trainable<f64>,
+        d: &Directions<f64>,
+        drop: Option<&DropoutKey>,
+        ex: &[usize],
+    ) -> Result<LossJvp<f64>> {
+        self.net.loss_jvp(b, p, d, drop, ex)
+    }
+    fn exact_params(&self) -> Vec<usize> {
+        self.net.exact_params()
+    }
+    fn batch_len(&self, b: &Batch) -> usize {
+        b.y.len()
+    }
+}
+
+impl FederatedTask<f64> for TinyTask {
+    fn n_clients(&self) -> usize {
+        self.clients.len()
+    }
+    fn train_batches(&self, client: usize, _round: u64, _bs: usize) -> Result<Vec<Batch>> {
+        Ok(self.clients[client].clone())
+    }
+    fn evaluate(&self, params: &Trainable<f64>) -> Result<Evaluation> {
+        let none = Directions::none(params.len());
+        let loss = self
+            .test
+            .iter()
+            .map(|b| self.net.loss_jvp(b, params, &none, None, &[]).unwrap().loss)
+            .sum::<f64>()
+            / self.test.len() as f64;
+        Ok(Evaluation {
+            loss,
+            accuracy: None,
+            n: 60,
+        })
+    }
+    fn evaluate_client(&self, _client: usize, params: &Trainable<f64>) -> Result<Evaluation> {
+        self.evaluate(params)
+    }
 }

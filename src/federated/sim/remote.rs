@@ -42,6 +42,11 @@ pub struct RoundPlan<F: Float> {
 }
 
 impl<F: Float> RoundPlan<F> {
+    /// The diagnostics' probe the plan took, for the in-process round that closes it.
+    pub(super) fn take_probe(&mut self) -> Option<Probe<F>> {
+        self.probe.take()
+    }
+
     /// A plan without diagnostics.
     pub fn new(
         round: u64,
