@@ -91,13 +91,22 @@ fn random_x<F: Float>(cols: usize, k: Option<usize>, seed: u64) -> Dual<F, ndarr
     Dual::with_tangent(p, t).unwrap()
 }
 
+/// Bit-for-bit equality under the default `matrixmultiply` backend, which sums every element of
+/// a product in the same order however the output is tiled and adds a bias after the sum. A BLAS
+/// backend (feature `openblas`) may accumulate a bias between its blocks along the inner
+/// dimension, so there the two paths must agree to within a few f32 roundings of the value.
 fn assert_bitwise<F: Float, D: ndarray::Dimension>(a: &Array<F, D>, b: &Array<F, D>, what: &str) {
     assert_eq!(a.shape(), b.shape(), "{what}: shapes");
     for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
-        assert!(
-            x.as_f64().to_bits() == y.as_f64().to_bits(),
-            "{what}[{i}]: {x} vs {y}"
-        );
+        let (x, y) = (x.as_f64(), y.as_f64());
+        if cfg!(feature = "openblas") {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs().max(y.abs())),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        } else {
+            assert!(x.to_bits() == y.to_bits(), "{what}[{i}]: {x} vs {y}");
+        }
     }
 }
 
@@ -399,8 +408,12 @@ fn lora_frozen_linear_equals_lora_linear_on_the_widened_weight_bit_for_bit() {
             let packed = FrozenWeight::Packed(p.clone());
             let got = lora_frozen_linear(&x, &packed, Some(bias.view()), &a, &b, 0.5, m).unwrap();
             let want = lora_linear(&x, dense.view(), Some(bias.view()), &a, &b, 0.5, m).unwrap();
-            assert_eq!(got.primal(), want.primal(), "{format:?}");
-            assert_eq!(got.tangent(), want.tangent(), "{format:?}");
+            assert_bitwise(got.primal(), want.primal(), &format!("{format:?}"));
+            assert_bitwise(
+                got.tangent().unwrap(),
+                want.tangent().unwrap(),
+                &format!("{format:?} tangent"),
+            );
         }
     }
 }

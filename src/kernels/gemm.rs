@@ -1,4 +1,5 @@
-//! Matrix products through `matrixmultiply`.
+//! Matrix products through `matrixmultiply`, or the system's OpenBLAS with the cargo feature
+//! `openblas` (`blas.rs`; views BLAS cannot take still go through `matrixmultiply`).
 //!
 //! Transposes are free: they only swap the strides handed to the GEMM, so a Hugging Face weight
 //! `[out, in]` is used as `Wᵀ` in place, never copied.
@@ -52,7 +53,83 @@ pub fn gemm_into<F: Float>(
     beta: F,
     mut c: ArrayViewMut2<'_, F>,
 ) {
+    #[cfg(feature = "openblas")]
+    {
+        assert!(
+            a.nrows() == c.nrows() && b.ncols() == c.ncols() && a.ncols() == b.nrows(),
+            "gemm_into: [{}, {}]·[{}, {}] into [{}, {}]",
+            a.nrows(),
+            a.ncols(),
+            b.nrows(),
+            b.ncols(),
+            c.nrows(),
+            c.ncols()
+        );
+        let strides = (c.strides()[0], c.strides()[1]);
+        // SAFETY: the shapes chain (checked above); `c` is a mutable view, so it aliases
+        // neither `a` nor `b`, and it is initialised (β may be non-zero).
+        if unsafe { blas_gemm(alpha, a.view(), b.view(), beta, c.as_mut_ptr(), strides) } {
+            return;
+        }
+    }
     general_mat_mul(alpha, &a, &b, beta, &mut c);
+}
+
+/// `C ← α·A·B + β·C` through the BLAS backend for `f32`/`f64`; `false` (nothing written) when
+/// the type or a layout is not one BLAS takes.
+///
+/// # Safety
+/// As `gemm_raw`, for `c` with strides `sc`; `c` must be initialised unless `β = 0`.
+#[cfg(feature = "openblas")]
+unsafe fn blas_gemm<F: Float>(
+    alpha: F,
+    a: ArrayView2<'_, F>,
+    b: ArrayView2<'_, F>,
+    beta: F,
+    c: *mut F,
+    sc: (isize, isize),
+) -> bool {
+    let ((m, k), n) = (a.dim(), b.ncols());
+    let sa = (a.strides()[0], a.strides()[1]);
+    let sb = (b.strides()[0], b.strides()[1]);
+    let cast = |x: F| x.to_f64().expect("a float");
+    if TypeId::of::<F>() == TypeId::of::<f32>() {
+        // SAFETY: F is f32; the caller guarantees the operands and C.
+        unsafe {
+            super::blas::sgemm(
+                m,
+                k,
+                n,
+                cast(alpha) as f32,
+                a.as_ptr().cast(),
+                sa,
+                b.as_ptr().cast(),
+                sb,
+                cast(beta) as f32,
+                c.cast(),
+                sc,
+            )
+        }
+    } else if TypeId::of::<F>() == TypeId::of::<f64>() {
+        // SAFETY: F is f64; as above.
+        unsafe {
+            super::blas::dgemm(
+                m,
+                k,
+                n,
+                cast(alpha),
+                a.as_ptr().cast(),
+                sa,
+                b.as_ptr().cast(),
+                sb,
+                cast(beta),
+                c.cast(),
+                sc,
+            )
+        }
+    } else {
+        false
+    }
 }
 
 /// A fresh `C = α·A·B + 1·bias` (the bias row broadcast over the rows of `C`), written in one pass:
@@ -148,6 +225,11 @@ unsafe fn gemm_raw<F: Float>(
     let (rsa, csa) = (a.strides()[0], a.strides()[1]);
     let (rsb, csb) = (b.strides()[0], b.strides()[1]);
     let (rsc, csc) = (c_strides[0], c_strides[1]);
+    #[cfg(feature = "openblas")]
+    // SAFETY: the caller's guarantees are `blas_gemm`'s, with β = 0 (C is not read).
+    if unsafe { blas_gemm(alpha, a.view(), b.view(), F::zero(), c, (rsc, csc)) } {
+        return;
+    }
     if TypeId::of::<F>() == TypeId::of::<f32>() {
         // SAFETY: F is f32 (same type), the caller guarantees the shapes and the C buffer.
         unsafe {

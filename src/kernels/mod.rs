@@ -12,6 +12,8 @@
 
 pub mod activation;
 pub mod attention;
+#[cfg(feature = "openblas")]
+mod blas;
 mod buffer;
 mod check;
 pub mod cross_entropy;
