@@ -36,7 +36,8 @@ const MAX_DIMS: u32 = 4;
 /// ```no_run
 /// # fn main() -> spry::Result<()> {
 /// use spry::io::{GgufFile, LlamaConfig, asset};
-/// let gguf = GgufFile::open(asset("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")?)?;
+/// let gguf =
+///     GgufFile::open_mapped(asset("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")?)?;
 /// let config = LlamaConfig::from_gguf(&gguf)?;
 /// let weights = gguf.load_all()?;
 /// let emb = weights.get2("token_embd.weight", [config.vocab_size, config.hidden_size])?;
