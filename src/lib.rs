@@ -113,6 +113,7 @@ pub mod federated;
 pub mod float;
 pub mod io;
 pub mod kernels;
+mod mapped;
 pub mod metrics;
 pub mod models;
 pub mod modules;

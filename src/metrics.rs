@@ -1,4 +1,5 @@
-//! The process's resident memory (current and peak), as the run summaries report it.
+//! The process's resident memory (current and peak), as the run summaries report it, and how
+//! much of it is anonymous (heap, stacks) versus file-backed (mapped checkpoints, code).
 
 /// A `/proc/self/status` field in KiB (Linux), e.g. `VmHWM` (peak resident) or `VmRSS`.
 fn proc_status_kib(field: &str) -> Option<u64> {
@@ -27,6 +28,36 @@ pub fn current_rss_mib() -> Option<f64> {
     proc_status_kib("VmRSS").map(|k| k as f64 / 1024.0)
 }
 
+/// The resident set split by kind, in MiB ([`rss_breakdown_mib`]).
+///
+/// `anon + file + shmem` is the current RSS (`VmRSS`). A memory-mapped checkpoint
+/// ([`GgufFile::open_mapped`](crate::io::GgufFile::open_mapped)) counts under `file` as its
+/// pages are read: page cache the kernel can drop under pressure and re-read, shared with other
+/// processes mapping the same file, whereas weights copied into the heap count under `anon`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RssBreakdown {
+    /// Resident anonymous memory (`RssAnon`): heap, stacks, private copies.
+    pub anon: f64,
+    /// Resident file-backed memory (`RssFile`): mapped files, including mapped checkpoints and
+    /// the executable.
+    pub file: f64,
+    /// Resident shared memory (`RssShmem`: System V and POSIX shared memory, shared anonymous
+    /// maps, tmpfs files).
+    pub shmem: f64,
+}
+
+/// The current resident set of this process split into anonymous, file-backed and shared
+/// memory, in MiB (`RssAnon`, `RssFile`, `RssShmem` of `/proc/self/status`, Linux ≥ 4.5), or
+/// `None` where the OS does not report them.
+pub fn rss_breakdown_mib() -> Option<RssBreakdown> {
+    let mib = |field| proc_status_kib(field).map(|k| k as f64 / 1024.0);
+    Some(RssBreakdown {
+        anon: mib("RssAnon")?,
+        file: mib("RssFile")?,
+        shmem: mib("RssShmem")?,
+    })
+}
+
 /// Resets the peak-RSS watermark to the current RSS (Linux ≥ 4.0, writes
 /// `/proc/self/clear_refs`), so a later [`peak_rss_mib`] measures one phase. Returns whether the
 /// reset took effect.
@@ -47,5 +78,27 @@ mod tests {
         std::hint::black_box(&big);
         let after = peak_rss_mib().unwrap();
         assert!(after >= before + 60.0, "peak {before} -> {after}");
+    }
+
+    #[test]
+    fn a_read_mapped_file_is_file_backed() {
+        // Other tests run in this process meanwhile, so only growth that this test causes itself
+        // and no other test could undo is asserted (tests/mapped_weights.rs measures the
+        // anonymous side in a process of its own).
+        let before = rss_breakdown_mib().expect("Linux reports RssAnon and RssFile");
+        assert!(before.anon > 0.0 && before.file > 0.0, "{before:?}");
+        let big = vec![1u8; 64 << 20];
+
+        // a 64 MiB file, mapped and read: resident as file pages
+        let path = std::env::temp_dir().join(format!("spry_rss_{}.bin", std::process::id()));
+        std::fs::write(&path, &big).unwrap();
+        drop(big);
+        let base = rss_breakdown_mib().unwrap();
+        let map = crate::mapped::map_file(&path).unwrap();
+        let sum: u64 = map.iter().step_by(4096).map(|&b| b as u64).sum();
+        assert_eq!(sum, (64 << 20) / 4096);
+        let mapped = rss_breakdown_mib().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(mapped.file >= base.file + 60.0, "{base:?} -> {mapped:?}");
     }
 }

@@ -418,7 +418,7 @@ mod seed {
 
     /// The real SmolLM2 GGUF's first `n` tokens (types and the merges among them).
     pub fn gguf_vocab(n: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
-        let file = GgufFile::open_lazy(
+        let file = GgufFile::open_mapped(
             spry::io::asset("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf").unwrap(),
         )
         .unwrap();

@@ -685,7 +685,7 @@ proptest! {
         let f = TempFile::new("bin", &bytes);
         let _ = load_safetensors(&f.0);
         let _ = GgufFile::open(&f.0);
-        let _ = GgufFile::open_lazy(&f.0);
+        let _ = GgufFile::open_mapped(&f.0);
         let _ = load_llama(&f.0);
         let _ = BertConfig::from_file(&f.0);
         let _ = LlamaConfig::from_file(&f.0);

@@ -1135,17 +1135,18 @@ fn real_smollm2_packed_tensors_match_the_dequantised_ones() {
 }
 
 #[test]
-fn lazy_files_read_tensors_from_disk_like_whole_files() {
+fn mapped_files_read_tensors_like_whole_files() {
     let cases = typed_tensors();
     let tensors: Vec<T> = cases
         .iter()
         .map(|(t, _, _)| tensor(&t.name, &t.dims, t.ty, t.data.clone()))
         .collect();
     let bytes = build(3, &all_metadata(), &tensors, 32);
-    let path = std::env::temp_dir().join(format!("spry_lazy_{}.gguf", std::process::id()));
+    let path = std::env::temp_dir().join(format!("spry_mapped_{}.gguf", std::process::id()));
     std::fs::write(&path, &bytes).unwrap();
     let whole = GgufFile::open(&path).unwrap();
-    let lazy = GgufFile::open_lazy(&path).unwrap();
+    let lazy = GgufFile::open_mapped(&path).unwrap();
+    assert!(lazy.is_mapped() && !whole.is_mapped());
     assert_eq!(lazy.data_start(), whole.data_start());
     assert_eq!(lazy.tensor_infos(), whole.tensor_infos());
     for (t, _, _) in &cases {
@@ -1154,14 +1155,19 @@ fn lazy_files_read_tensors_from_disk_like_whole_files() {
             whole.tensor_f32(&t.name).unwrap()
         );
     }
-    assert_eq!(
+    let (mapped, read) = (
         lazy.tensor_packed("q8_0").unwrap(),
-        whole.tensor_packed("q8_0").unwrap()
+        whole.tensor_packed("q8_0").unwrap(),
     );
-    // the file vanished: taking a tensor is an I/O error naming it
+    assert!(mapped.is_mapped() && !read.is_mapped());
+    assert_eq!(mapped, read);
+    // the file is deleted: the map keeps it, tensors still read (and the matrix outlives the file)
+    drop(lazy.tensor_packed("q4_0").unwrap());
     std::fs::remove_file(&path).unwrap();
-    assert!(matches!(
-        lazy.tensor_f32("q4_0"),
-        Err(Error::Io { path: p, .. }) if p == path
-    ));
+    assert_eq!(
+        lazy.tensor_f32("q4_0").unwrap(),
+        whole.tensor_f32("q4_0").unwrap()
+    );
+    drop(lazy);
+    assert_eq!(mapped.to_dense::<f32>(), read.to_dense::<f32>());
 }

@@ -19,6 +19,12 @@
 //! corrupt or truncated file gives an [`Error::Format`], never a panic or a
 //! huge allocation; every weight is checked finite at load
 //! ([`Error::NonFinite`]).
+//!
+//! Safetensors files, and GGUF files opened with [`GgufFile::open_mapped`] (as the model loaders
+//! do), are memory-mapped read-only rather than read: the file costs page cache, not anonymous
+//! memory, and no load holds the file and a copy of it at once. A mapped file must not be
+//! modified or truncated while mapped: the checks run when it is opened, and a file truncated
+//! after that raises `SIGBUS` on the next read of a page past its end.
 
 use std::path::{Path, PathBuf};
 

@@ -35,10 +35,14 @@ fn format_error(path: &Path, msg: impl Into<String>) -> Error {
 ///   [`Weights::get`] gives [`Error::UnsupportedDtype`].
 /// - Any other dtype (F64, F8 variants, U8, BOOL, ...) is an error.
 ///
-/// The whole file is read into memory (no memory mapping, which would need `unsafe`).
+/// The file is memory-mapped read-only, not read: the peak is the f32 copies plus the file's
+/// page cache (reclaimable), not two copies of the model. The map is dropped before this
+/// returns, so the returned weights do not depend on the file. While the call runs, the file
+/// must not be truncated or modified (a file truncated during the load raises `SIGBUS`; a file
+/// truncated before it is opened gives [`Error::Format`]).
 ///
 /// # Errors
-/// - [`Error::Io`] if the file cannot be read.
+/// - [`Error::Io`] if the file cannot be opened or mapped (a directory, a pipe).
 /// - [`Error::Format`] if the file is shorter than the 8-byte length prefix, the header length
 ///   exceeds the file, the header is not UTF-8 JSON of the expected form, or the data offsets
 ///   are inconsistent with the shapes or the file size (truncated or padded data).
@@ -46,11 +50,8 @@ fn format_error(path: &Path, msg: impl Into<String>) -> Error {
 /// - [`Error::NonFinite`] naming the tensor and index of a NaN or ±∞.
 pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Weights> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    weights_from_bytes(path, &bytes)
+    let map = crate::mapped::map_file(path)?;
+    weights_from_bytes(path, &map)
 }
 
 fn weights_from_bytes(path: &Path, bytes: &[u8]) -> Result<Weights> {

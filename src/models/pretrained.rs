@@ -255,8 +255,10 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<TextTokenizer> {
 /// Loads a Llama model from a GGUF file: config and tokenizer from its metadata, frozen matrices
 /// kept in their stored format ([`WeightFormat::Stored`]: Q8_0/Q4_0/Q4_1/F16/BF16 stay packed and
 /// are widened a tile at a time), q/k rows un-permuted for rotate-half RoPE. The file is opened
-/// with [`GgufFile::open_lazy`]: its raw bytes are resident only while the header is parsed, and
-/// each tensor is read from disk as the model takes it.
+/// with [`GgufFile::open_mapped`]: the packed matrices stay in the file's map (page cache, not
+/// anonymous memory; nothing is copied), other tensors (norm gains, f32 matrices) are copied out
+/// of it. The file must not be modified or truncated while the model is alive (a truncated file
+/// raises `SIGBUS`; see [`GgufFile::open_mapped`]).
 ///
 /// # Errors
 /// File, metadata, tensor and tokenizer errors, each naming the file.
@@ -279,8 +281,8 @@ pub fn load_llama_gguf_as(
     seed: u64,
     format: WeightFormat,
 ) -> Result<(Llama<f32>, Trainable<f32>, TextTokenizer)> {
-    // only the header stays resident: tensors are read from the file as they are taken
-    let file = GgufFile::open_lazy(path)?;
+    // packed matrices stay in the map; the map lives as long as the last of them
+    let file = GgufFile::open_mapped(path)?;
     let config = LlamaConfig::from_gguf(&file)?;
     let tokenizer = gguf_tokenizer(&file)?;
     let mut source =

@@ -184,10 +184,11 @@ impl WeightSource for crate::io::Weights {
 /// interleaved-RoPE order back to the rotate-half order, and so on.
 ///
 /// Matrices are handed out one at a time as they are taken: with [`WeightFormat::Stored`] (the
-/// default) a packed tensor's bytes are copied out as a [`PackedMatrix`](crate::io::PackedMatrix)
-/// (q/k rows un-permuted as whole rows of blocks), anything else is dequantised to f32. Open the
-/// file with [`GgufFile::open_lazy`](crate::io::GgufFile::open_lazy) (the one-call loaders do) so
-/// that the raw file is never resident beside the model's copies; a file opened whole keeps its
+/// default) a packed tensor comes out as a [`PackedMatrix`](crate::io::PackedMatrix) (q/k rows
+/// un-permuted by a row order, without a copy), anything else is dequantised to f32. Open the
+/// file with [`GgufFile::open_mapped`](crate::io::GgufFile::open_mapped) (the one-call loaders
+/// do): the packed matrices are then ranges of the file's map (page cache, no second copy); a
+/// file opened whole ([`GgufFile::open`](crate::io::GgufFile::open)) gives copies and keeps its
 /// bytes until the source is dropped.
 pub struct GgufLlamaSource {
     file: crate::io::GgufFile,

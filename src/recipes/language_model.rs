@@ -301,8 +301,9 @@ impl LanguageModelRun {
         require_file(&gguf)?;
         require_file(&text_path)?;
         let config = self.sim_config()?;
-        let n_layers = crate::io::LlamaConfig::from_gguf(&crate::io::GgufFile::open_lazy(&gguf)?)?
-            .num_hidden_layers;
+        let n_layers =
+            crate::io::LlamaConfig::from_gguf(&crate::io::GgufFile::open_mapped(&gguf)?)?
+                .num_hidden_layers;
         let lora = self.lora_config(n_layers)?;
         // a resume with other settings stops here, before anything heavy is loaded
         record_settings(out, self, resume)?;

@@ -7,12 +7,9 @@
 //! [`PackedMatrix`]). Matrices of the last five types can also be kept as stored and widened a
 //! tile at a time later.
 
-use std::borrow::Cow;
-use std::io::{Read, Seek, SeekFrom};
-
 use ndarray::{ArrayD, IxDyn};
 
-use super::file::GgufFile;
+use super::file::{FileBytes, GgufFile};
 use super::format_error;
 use super::tensor::{GgmlType, GgufTensorInfo};
 use crate::io::decode;
@@ -21,22 +18,11 @@ use crate::packed::{PackedFormat, PackedMatrix, decode as block};
 use crate::{Error, Result};
 
 impl GgufFile {
-    /// The `n_bytes` data bytes of tensor `info` (bounds checked at open): a slice of the file in
-    /// memory, or read from the file for a lazy one.
-    fn tensor_data(&self, info: &GgufTensorInfo, n_bytes: usize) -> Result<Cow<'_, [u8]>> {
+    /// The byte range in the file of the `n_bytes` data bytes of tensor `info` (bounds checked
+    /// at open).
+    fn tensor_range(&self, info: &GgufTensorInfo, n_bytes: usize) -> std::ops::Range<usize> {
         let start = self.data_start + info.offset as usize;
-        if self.data_in_memory {
-            return Ok(Cow::Borrowed(&self.bytes[start..start + n_bytes]));
-        }
-        let io = |source| Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut f = std::fs::File::open(&self.path).map_err(io)?;
-        f.seek(SeekFrom::Start(start as u64)).map_err(io)?;
-        let mut buf = vec![0u8; n_bytes];
-        f.read_exact(&mut buf).map_err(io)?;
-        Ok(Cow::Owned(buf))
+        start..start + n_bytes
     }
 
     /// Tensor `name` dequantised to f32, in its row-major shape ([`GgufTensorInfo::shape`]).
@@ -95,8 +81,7 @@ impl GgufFile {
         }
         // Bounds were checked at open for every type with a known layout.
         let n_bytes = info.n_bytes.ok_or_else(unsupported)?;
-        let data = self.tensor_data(info, n_bytes)?;
-        let data = &data[..];
+        let data = &self.bytes[self.tensor_range(info, n_bytes)];
         Ok(match info.ggml_type {
             GgmlType::F32 => decode::f32_le(data),
             GgmlType::F16 => decode::f16_le(data),
@@ -114,9 +99,10 @@ impl GgufFile {
         })
     }
 
-    /// The matrix `name` kept in its stored format (F16, BF16, Q8_0, Q4_0 or Q4_1): its bytes are
-    /// copied out of the file, nothing is widened. Every value is checked finite (one decoding
-    /// pass, no f32 copy of the whole matrix).
+    /// The matrix `name` kept in its stored format (F16, BF16, Q8_0, Q4_0 or Q4_1), nothing
+    /// widened: for a file opened with [`GgufFile::open_mapped`] the matrix is a range of the
+    /// map (no copy, [`PackedMatrix::is_mapped`]), otherwise its bytes are copied out. Every
+    /// value is checked finite (one decoding pass, no f32 copy of the whole matrix).
     ///
     /// # Shapes
     /// - output: `[rows, cols]`, the file's dimensions reversed (`[out, in]` for a linear weight)
@@ -144,9 +130,12 @@ impl GgufFile {
         };
         // Bounds were checked at open.
         let n_bytes = info.n_bytes.expect("packed formats have a known layout");
-        let bytes = self.tensor_data(info, n_bytes)?.into_owned();
-        let m = PackedMatrix::new(format, rows, cols, bytes)
-            .map_err(|e| format_error(&self.path, format!("tensor `{name}`: {e}")))?;
+        let range = self.tensor_range(info, n_bytes);
+        let m = match &self.bytes {
+            FileBytes::Mapped(map) => PackedMatrix::mapped(format, rows, cols, map.clone(), range),
+            FileBytes::Owned(bytes) => PackedMatrix::new(format, rows, cols, bytes[range].to_vec()),
+        }
+        .map_err(|e| format_error(&self.path, format!("tensor `{name}`: {e}")))?;
         if let Some(index) = m.first_non_finite() {
             return Err(Error::NonFinite {
                 path: self.path.clone(),

@@ -4,7 +4,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
 
 use super::format_error;
 use super::reader::Reader;
@@ -20,16 +24,20 @@ const MAX_DIMS: u32 = 4;
 
 /// A parsed GGUF file: header, metadata, tensor infos, and the raw bytes to dequantise from.
 ///
-/// [`GgufFile::open`] reads the whole file into memory (memory mapping would need `unsafe`);
-/// [`GgufFile::open_lazy`] keeps only the header and reads each tensor's bytes from the file when
-/// it is taken, so a loader copying tensors out never holds the raw file beside its copies.
+/// [`GgufFile::open_mapped`] maps the file read-only: nothing is copied at open, the bytes are
+/// page cache (file-backed, reclaimable) rather than anonymous memory, and the packed matrices
+/// taken from it ([`GgufFile::tensor_packed`]) are ranges of the same map, so a model's frozen
+/// weights cost no second copy. The file must not be modified or truncated while the map is
+/// alive (see [`GgufFile::open_mapped`]). [`GgufFile::open`] reads the whole file into memory
+/// instead, and [`GgufFile::from_bytes`] parses bytes already there.
 /// Tensors are dequantised on demand by [`GgufFile::tensor_f32`], or all at once by
 /// [`GgufFile::load_all`], or kept packed by [`GgufFile::tensor_packed`].
 ///
 /// ```no_run
 /// # fn main() -> spry::Result<()> {
 /// use spry::io::{GgufFile, LlamaConfig, asset};
-/// let gguf = GgufFile::open(asset("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")?)?;
+/// let gguf =
+///     GgufFile::open_mapped(asset("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")?)?;
 /// let config = LlamaConfig::from_gguf(&gguf)?;
 /// let weights = gguf.load_all()?;
 /// let emb = weights.get2("token_embd.weight", [config.vocab_size, config.hidden_size])?;
@@ -37,10 +45,8 @@ const MAX_DIMS: u32 = 4;
 /// ```
 pub struct GgufFile {
     pub(super) path: PathBuf,
-    /// The whole file, or (lazy) only its header: `..data_start`.
-    pub(super) bytes: Vec<u8>,
-    /// Whether `bytes` holds the tensor data (else it is read from `path` on demand).
-    pub(super) data_in_memory: bool,
+    /// The whole file, read or mapped.
+    pub(super) bytes: FileBytes,
     version: u32,
     alignment: usize,
     pub(super) data_start: usize,
@@ -56,10 +62,27 @@ impl fmt::Debug for GgufFile {
             .field("path", &self.path)
             .field("version", &self.version)
             .field("bytes", &self.bytes.len())
-            .field("data_in_memory", &self.data_in_memory)
+            .field("mapped", &self.is_mapped())
             .field("metadata", &self.metadata.len())
             .field("tensors", &self.tensors.len())
             .finish()
+    }
+}
+
+/// The bytes of a [`GgufFile`]: read into memory, or a shared read-only map of the file.
+pub(super) enum FileBytes {
+    Owned(Vec<u8>),
+    Mapped(Arc<Mmap>),
+}
+
+impl Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Owned(v) => v,
+            FileBytes::Mapped(m) => m,
+        }
     }
 }
 
@@ -86,19 +109,29 @@ impl GgufFile {
         Self::from_bytes(path, bytes)
     }
 
-    /// Reads and parses a GGUF file like [`GgufFile::open`], then keeps only its header
-    /// (metadata and tensor infos) in memory: each tensor's bytes are read from the file when the
-    /// tensor is taken. The raw file is resident only while it is parsed, never beside the
-    /// tensors a loader copies out. The file must not change while the `GgufFile` is in use.
+    /// Maps a GGUF file read-only and parses its header from the map, with every check of
+    /// [`GgufFile::open`]; tensors are read from the map when they are taken, and packed ones
+    /// ([`GgufFile::tensor_packed`]) stay in it ([`PackedMatrix::is_mapped`]). The file costs its
+    /// page cache (file-backed, reclaimable, shared with other processes mapping it) instead of
+    /// anonymous memory, and nothing holds the file and a copy of it at once.
+    ///
+    /// # Contract
+    /// The file must not be modified or truncated while this `GgufFile` or any matrix taken from
+    /// it is alive. A file that is truncated or malformed before it is opened gives the typed
+    /// errors of [`GgufFile::open`]; a file truncated *after* it was mapped makes the process
+    /// receive `SIGBUS` when a page past its new end is read, and one rewritten in place changes
+    /// the weights under the model. Deleting the file, or replacing it by renaming a new one over
+    /// it, is safe: the map keeps the old file.
     ///
     /// # Errors
-    /// As [`GgufFile::open`]; taking a tensor later may also give [`Error::Io`].
-    pub fn open_lazy(path: impl AsRef<Path>) -> Result<Self> {
-        let mut file = Self::open(path)?;
-        file.bytes.truncate(file.data_start.min(file.bytes.len()));
-        file.bytes.shrink_to_fit();
-        file.data_in_memory = false;
-        Ok(file)
+    /// As [`GgufFile::open`] ([`Error::Io`] also if the file cannot be mapped, e.g. a
+    /// directory).
+    ///
+    /// [`PackedMatrix::is_mapped`]: crate::packed::PackedMatrix::is_mapped
+    pub fn open_mapped(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let map = crate::mapped::map_file(path)?;
+        Self::parse(path.to_path_buf(), FileBytes::Mapped(map))
     }
 
     /// Parses GGUF bytes already in memory; `path` only labels the errors.
@@ -106,9 +139,14 @@ impl GgufFile {
     /// # Errors
     /// As [`GgufFile::open`], without the I/O.
     pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
-        let path = path.into();
+        Self::parse(path.into(), FileBytes::Owned(bytes))
+    }
+
+    /// Parses the header of `data` and checks the layout of its tensors.
+    fn parse(path: PathBuf, data: FileBytes) -> Result<Self> {
+        let bytes: &[u8] = &data;
         let mut r = Reader {
-            buf: &bytes,
+            buf: bytes,
             pos: 0,
             path: &path,
         };
@@ -241,11 +279,10 @@ impl GgufFile {
         }
 
         let data_start = r.pos.next_multiple_of(alignment);
-        check_data_layout(&path, &tensors, alignment, data_start, &bytes)?;
+        check_data_layout(&path, &tensors, alignment, data_start, bytes)?;
         Ok(GgufFile {
             path,
-            bytes,
-            data_in_memory: true,
+            bytes: data,
             version,
             alignment,
             data_start,
@@ -259,6 +296,11 @@ impl GgufFile {
     /// The file the data came from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the file is memory-mapped ([`GgufFile::open_mapped`]) rather than read.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.bytes, FileBytes::Mapped(_))
     }
 
     /// The format version (3, or 2).

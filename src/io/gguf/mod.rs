@@ -21,7 +21,9 @@
 //! Tensor shapes are row-major ([`GgufTensorInfo::shape`]: the file's dimensions reversed), so a
 //! linear weight is `[out, in]` as in Hugging Face checkpoints. F32, F16, BF16, Q8_0, Q4_0 and
 //! Q4_1 tensors are dequantised ([`GgufFile::tensor_f32`]); matrices of the last five types can
-//! also be kept as stored ([`GgufFile::tensor_packed`]).
+//! also be kept as stored ([`GgufFile::tensor_packed`]): ranges of the file's map, without a
+//! copy, for a file opened with [`GgufFile::open_mapped`] (which must then not be modified or
+//! truncated while mapped; all the checks above run on the map before any tensor is read).
 //!
 //! The reader is split by concern:
 //!
@@ -29,7 +31,8 @@
 //! - `reader.rs`: the bounds-checked little-endian cursor that decodes them;
 //! - `tensor.rs`: ggml tensor types ([`GgmlType`]) and tensor infos ([`GgufTensorInfo`]);
 //! - `file.rs`: [`GgufFile`] and its parsing: header, metadata, alignment, tensor infos, the
-//!   bounds of the data section;
+//!   bounds of the data section, of a file read into memory or memory-mapped
+//!   ([`GgufFile::open_mapped`]: the model loaders' path, whose packed tensors stay in the map);
 //! - `data.rs`: reading tensors out of the data section, dequantised or packed;
 //! - `permute.rs`: [`unpermute_rope_rows`], which undoes llama.cpp's q/k row permutation for
 //!   Hugging Face names.

@@ -29,8 +29,10 @@ pub fn unpermute_rope_rows(w: Array2<f32>, n_heads: usize) -> Result<Array2<f32>
     Ok(out)
 }
 
-/// [`unpermute_rope_rows`] on a packed matrix: whole rows of blocks are moved (blocks run along
-/// the input dimension, so rows are independent), nothing is widened.
+/// [`unpermute_rope_rows`] on a packed matrix, without copying it: the result shares `w`'s bytes
+/// (a memory-mapped matrix stays in the map) and carries the row order
+/// ([`PackedMatrix::permute_rows`]; blocks run along the input dimension, so rows are
+/// independent). Nothing is widened. It decodes equal to `w.select_rows(order)`.
 ///
 /// # Shapes
 /// - `w`: `[n_heads·head_dim, in]` with `head_dim` even; output: the same
@@ -39,7 +41,7 @@ pub fn unpermute_rope_rows(w: Array2<f32>, n_heads: usize) -> Result<Array2<f32>
 /// As [`unpermute_rope_rows`].
 pub fn unpermute_rope_rows_packed(w: &PackedMatrix, n_heads: usize) -> Result<PackedMatrix> {
     let order = rope_unpermute_order(w.rows(), n_heads)?;
-    Ok(w.select_rows(&order))
+    w.permute_rows(&order)
 }
 
 /// The source row of every output row of the q/k un-permutation: output row

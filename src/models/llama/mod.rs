@@ -147,7 +147,10 @@ impl<F: Float> Llama<F> {
     }
 
     /// Bytes held by the frozen matrices (projections, embeddings, LM head) and the norm gains:
-    /// the resident size of the frozen model.
+    /// the size of the frozen model. Packed matrices loaded from a mapped GGUF file
+    /// ([`PackedMatrix::is_mapped`](crate::packed::PackedMatrix::is_mapped)) count their bytes
+    /// in the map, which are the file's page cache (resident once read, file-backed), not
+    /// anonymous memory.
     pub fn frozen_bytes(&self) -> usize {
         self.embed.n_bytes()
             + self.lm_head.as_ref().map_or(0, FrozenWeight::n_bytes)
