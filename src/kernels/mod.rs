@@ -25,6 +25,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod lm_head_loss;
 pub mod lora;
+pub mod panel_gemm;
 pub mod pooling;
 pub mod reverse;
 pub mod rms_norm;
