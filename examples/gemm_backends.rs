@@ -2,9 +2,13 @@
 //! `W` `[out, in]`, timed in one process with the backends alternated round by round.
 //!
 //! - `matrixmultiply`: what `kernels::gemm` runs today (both operands packed on every call);
-//! - `panel`: `kernels::panel_gemm::PanelWeight`, `W` packed once, only `x` packed per call.
+//! - `panel`: `kernels::panel_gemm::PanelWeight`, `W` packed once, only `x` packed per call, with
+//!   the CPU's best kernel (AVX-512F on a CPU that has it);
+//! - `panel-avx2`: the same with the AVX2 + FMA kernel forced.
 //!
-//! Prints GFLOP/s from wall time and from process CPU time (the median round of each). Without
+//! Prints GFLOP/s from wall time and from process CPU time (the median round of each). The CPU
+//! figure is FLOPs over CPU seconds times the thread count: what the wall rate would be if the
+//! threads had their cores to themselves, so it is the one to read on a loaded machine. Without
 //! `--threads`, runs itself once per thread count (1 and 2) in a child process, since
 //! matrixmultiply reads its thread count (`MATMUL_NUM_THREADS`) once per process.
 //!
@@ -20,7 +24,7 @@ use std::time::Instant;
 use clap::Parser;
 use ndarray::{Array2, ArrayView2};
 use spry::kernels::gemm::matmul_nt;
-use spry::kernels::panel_gemm::PanelWeight;
+use spry::kernels::panel_gemm::{Kernel, PanelWeight};
 
 /// Command-line options.
 #[derive(Parser)]
@@ -60,6 +64,14 @@ fn backends() -> Vec<Backend> {
             name: "panel",
             prepare: |w| {
                 let p = PanelWeight::new(w.view()).expect("this CPU has no panel kernel");
+                Box::new(move |x, threads| p.matmul_t_threads(x, None, threads))
+            },
+        },
+        Backend {
+            name: "panel-avx2",
+            prepare: |w| {
+                let p = PanelWeight::with_kernel(w.view(), Kernel::Avx2)
+                    .expect("this CPU has no AVX2 + FMA");
                 Box::new(move |x, threads| p.matmul_t_threads(x, None, threads))
             },
         },

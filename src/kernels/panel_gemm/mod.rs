@@ -6,7 +6,8 @@
 //! only `x`, a block of rows at a time. The loops are BLIS's (k-blocks, row blocks, column
 //! panels, row micro-panels) around a register-blocked microkernel chosen at run time:
 //!
-//! - [`Kernel::Avx512`]: `MR_512` × 32 tiles, AVX-512F (`avx512.rs`);
+//! - [`Kernel::Avx512`]: 8 × 32 tiles, AVX-512F (`avx512.rs`; 8 rows measured faster than 6
+//!   or 12);
 //! - [`Kernel::Avx2`]: 6 × 16 tiles, AVX2 + FMA (`avx2.rs`).
 //!
 //! On a CPU with neither, [`PanelWeight::new`] returns `None` and callers keep the
@@ -28,13 +29,14 @@ use ndarray::{Array2, ArrayView1, ArrayView2};
 use super::buffer;
 use crate::parallel;
 
-/// Values of the inner dimension per k-block (a B micro-panel is `KC·NR` values: 16 KiB for
-/// NR = 16, 32 KiB for NR = 32).
-const KC: usize = 256;
-/// Rows per packed A block (`MC × KC` values, 144 KiB: stays in L2). A multiple of every MR.
+/// Values of the inner dimension per k-block. A B micro-panel is `KC·NR` values (24 KiB for
+/// NR = 16, 48 KiB for NR = 32, past Zen 4's 32 KiB L1), yet 384 measured faster than 192 and
+/// 256 on the MiniLM and 7B shapes (`examples/gemm_backends`), and keeps `in = 384` one block.
+const KC: usize = 384;
+/// Rows per packed A block (`MC × KC` values, 216 KiB: stays in L2). A multiple of every MR.
 const MC: usize = 144;
-/// Rows of the AVX-512 tile.
-const MR_512: usize = 6;
+/// Rows of the AVX-512 tile (16 `zmm` accumulators).
+const MR_512: usize = 8;
 /// Multiply-adds below which one more thread is not worth starting.
 const MIN_MACS_PER_THREAD: usize = 1 << 21;
 
@@ -57,7 +59,7 @@ pub(super) trait Micro {
 /// Which microkernel a [`PanelWeight`] is packed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// `MR_512 × 32` tiles, AVX-512F.
+    /// 8 × 32 tiles, AVX-512F.
     Avx512,
     /// 6 × 16 tiles, AVX2 + FMA.
     Avx2,
@@ -106,6 +108,8 @@ impl Kernel {
 pub struct PanelWeight {
     /// The panels, see `pack::pack_b`.
     panels: Vec<f32>,
+    /// Values of the inner dimension per k-block.
+    kc: usize,
     /// `(out, in)` of `W`.
     dim: (usize, usize),
     kernel: Kernel,
@@ -119,8 +123,17 @@ impl PanelWeight {
 
     /// Packs `w` `[out, in]` for `kernel`, or `None` if this CPU does not run it.
     pub fn with_kernel(w: ArrayView2<'_, f32>, kernel: Kernel) -> Option<PanelWeight> {
+        PanelWeight::with_blocking(w, kernel, KC)
+    }
+
+    /// [`PanelWeight::with_kernel`] with `kc` values of the inner dimension per k-block (for
+    /// measurements; the result does not depend on it beyond f32 rounding).
+    #[doc(hidden)]
+    pub fn with_blocking(w: ArrayView2<'_, f32>, kernel: Kernel, kc: usize) -> Option<PanelWeight> {
+        let kc = kc.max(1);
         kernel.is_available().then(|| PanelWeight {
-            panels: pack::pack_b(w, kernel.nr(), KC),
+            panels: pack::pack_b(w, kernel.nr(), kc),
+            kc,
             dim: w.dim(),
             kernel,
         })
@@ -147,7 +160,7 @@ impl PanelWeight {
     /// If `r ≥ out` or `out.len() ≠ in`.
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         assert!(r < self.dim.0 && out.len() == self.dim.1, "row_into: shape");
-        pack::unpack_row(&self.panels, self.dim.0, self.kernel.nr(), KC, r, out);
+        pack::unpack_row(&self.panels, self.dim.0, self.kernel.nr(), self.kc, r, out);
     }
 
     /// `W` `[out, in]` rebuilt from the panels.
@@ -282,11 +295,11 @@ impl PanelWeight {
         let (mr, nr) = (K::MR, K::NR);
         let n_panels = out.div_ceil(nr);
         let c = c.as_mut_ptr().cast::<f32>();
-        let mut a_pack = vec![0.0f32; MC.div_ceil(mr) * mr * KC];
+        let mut a_pack = vec![0.0f32; MC.div_ceil(mr) * mr * self.kc];
         let mut edge = vec![0.0f32; mr * nr];
         // k-blocks p: B block [kc, n_panels·nr], pre-packed
-        for p0 in (0..inn).step_by(KC) {
-            let kc = KC.min(inn - p0);
+        for p0 in (0..inn).step_by(self.kc) {
+            let kc = self.kc.min(inn - p0);
             let b_block = &self.panels[p0 * n_panels * nr..(p0 + kc) * n_panels * nr];
             let add = has_bias || p0 > 0;
             // row blocks i: A block [mc, kc] packed into mr-row micro-panels (L2)

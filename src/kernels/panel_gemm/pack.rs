@@ -86,6 +86,21 @@ pub(super) fn pack_a(
         .enumerate()
     {
         let rows = mr.min(mc - i * mr);
+        // contiguous rows: k outer, so that the micro-panel is written in order
+        let srcs: Option<Vec<&[f32]>> = (0..rows)
+            .map(|r| {
+                let row = a.row(r0 + i * mr + r);
+                row.to_slice().map(|s| &s[p0..p0 + kc])
+            })
+            .collect();
+        if let (Some(srcs), true) = (srcs, rows == mr) {
+            for (k, dst) in panel.chunks_exact_mut(mr).enumerate() {
+                for (d, src) in dst.iter_mut().zip(&srcs) {
+                    *d = src[k];
+                }
+            }
+            continue;
+        }
         for r in 0..rows {
             let row = a.row(r0 + i * mr + r);
             match row.as_slice() {

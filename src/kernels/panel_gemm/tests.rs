@@ -53,6 +53,17 @@ fn check(n: usize, inn: usize, out: usize, with_bias: bool, seed: u64) {
                 "{kernel:?} n={n} in={inn} out={out}: {g} vs {e}"
             );
         }
+        // many short k-blocks: the same sums, split differently
+        let small = PanelWeight::with_blocking(w.view(), kernel, 7).unwrap();
+        assert_eq!(small.to_dense(), w, "{kernel:?}: kc = 7 panels round-trip");
+        let blocked = small.matmul_t_threads(x.view(), b.as_ref().map(|b| b.view()), 2);
+        for (g, e) in blocked.iter().zip(&want) {
+            let tol = 1e-6 * (inn as f64 + 1.0) * (inn as f64 + 1.0).sqrt() + 1e-6;
+            assert!(
+                (f64::from(*g) - e).abs() <= tol,
+                "{kernel:?} kc = 7: {g} vs {e}"
+            );
+        }
         for threads in [2, 3, 7] {
             let many = pw.matmul_t_threads(x.view(), b.as_ref().map(|b| b.view()), threads);
             assert!(
