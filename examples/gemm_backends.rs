@@ -43,10 +43,11 @@ struct Args {
 /// `y = x·Wᵀ` of one backend, prepared for one weight; the argument is the thread count.
 type Product = Box<dyn Fn(ArrayView2<'_, f32>, usize) -> Array2<f32>>;
 
-/// A named backend: prepares a product for a weight `[out, in]` (packing it if it wants).
+/// A named backend: prepares a product for a weight `[out, in]` (packing it if it wants), or
+/// `None` where this CPU cannot run it.
 struct Backend {
     name: &'static str,
-    prepare: fn(&Array2<f32>) -> Product,
+    prepare: fn(&Array2<f32>) -> Option<Product>,
 }
 
 /// The backends compared, in column order.
@@ -57,22 +58,25 @@ fn backends() -> Vec<Backend> {
             // the thread count is the process's MATMUL_NUM_THREADS
             prepare: |w| {
                 let w = w.clone();
-                Box::new(move |x, _threads| matmul_nt(x, w.view()))
+                Some(Box::new(move |x, _threads| matmul_nt(x, w.view())))
             },
         },
         Backend {
             name: "panel",
             prepare: |w| {
-                let p = PanelWeight::new(w.view()).expect("this CPU has no panel kernel");
-                Box::new(move |x, threads| p.matmul_t_threads(x, None, threads))
+                let p = PanelWeight::new(w.view())?;
+                Some(Box::new(move |x, threads| {
+                    p.matmul_t_threads(x, None, threads)
+                }))
             },
         },
         Backend {
             name: "panel-avx2",
             prepare: |w| {
-                let p = PanelWeight::with_kernel(w.view(), Kernel::Avx2)
-                    .expect("this CPU has no AVX2 + FMA");
-                Box::new(move |x, threads| p.matmul_t_threads(x, None, threads))
+                let p = PanelWeight::with_kernel(w.view(), Kernel::Avx2)?;
+                Some(Box::new(move |x, threads| {
+                    p.matmul_t_threads(x, None, threads)
+                }))
             },
         },
     ]
@@ -142,7 +146,12 @@ fn main() {
         }
         return;
     };
-    let backends = backends();
+    // the backends this CPU runs
+    let probe = Array2::zeros((1, 1));
+    let backends: Vec<Backend> = backends()
+        .into_iter()
+        .filter(|b| (b.prepare)(&probe).is_some())
+        .collect();
     println!("\n{threads} thread(s), median of {} rounds", args.rounds);
     print!("{:<24}", "shape [N,in]·[in,out]");
     for b in &backends {
@@ -159,7 +168,10 @@ fn main() {
         }
         let x = filled(n, inn, 2 * i as u64);
         let w = filled(out, inn, 2 * i as u64 + 1);
-        let products: Vec<Product> = backends.iter().map(|b| (b.prepare)(&w)).collect();
+        let products: Vec<Product> = backends
+            .iter()
+            .map(|b| (b.prepare)(&w).expect("probed"))
+            .collect();
         let flops = 2.0 * (n * inn * out) as f64;
         // calls per timing: about 0.2 s of work at 100 GFLOP/s
         let calls = ((2e10 / flops) as usize).max(1);
