@@ -28,6 +28,12 @@ pub fn available_workers() -> usize {
     *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Threads a kernel on the calling thread may use: [`available_workers`], or 1 inside a worker
+/// of another fan-out.
+pub(crate) fn worker_budget() -> usize {
+    if in_worker() { 1 } else { available_workers() }
+}
+
 /// Whether the calling thread is a worker of a fan-out (whose own fan-outs then run serially).
 fn in_worker() -> bool {
     IN_WORKER.with(Cell::get)

@@ -15,8 +15,9 @@ use half::{bf16, f16};
 use ndarray::{Array, Array1, Array2, Array3, ArrayD, Ix2, IxDyn};
 use spry::io::{PackedFormat, PackedMatrix};
 use spry::kernels::{
-    FrozenWeight, TILE_ROWS, VOCAB_TILE, cross_entropy, embedding, embedding_frozen, frozen_linear,
-    frozen_linear_reference, linear, lm_head_cross_entropy, lora_frozen_linear, lora_linear,
+    FrozenWeight, PanelCache, TILE_ROWS, VOCAB_TILE, cross_entropy, embedding, embedding_frozen,
+    frozen_linear, frozen_linear_panels, frozen_linear_reference, linear, lm_head_cross_entropy,
+    lora_frozen_linear, lora_frozen_linear_panels, lora_linear,
 };
 use spry::modules::{Directions, DropoutKey, FrozenLinear, LoraConfig, Pass, Trainable};
 use spry::rng::{Domain, KeyedRng};
@@ -320,6 +321,7 @@ fn packed_lora_layer_equals_dense_lora_layer_and_merges() {
         weight: FrozenWeight::Packed(p.clone()),
         bias: Some(Array1::from_shape_fn(out, |i| i as f32 * 0.01)),
         adapter: None,
+        panels: PanelCache::default(),
     };
     packed.attach_lora(&lora, "", 3, &mut trainable).unwrap();
     let slot = packed.adapter.unwrap();
@@ -416,4 +418,116 @@ fn lora_frozen_linear_equals_lora_linear_on_the_widened_weight_bit_for_bit() {
             );
         }
     }
+}
+
+/// `|a − b| ≤ tol·(1 + |b|)` element by element.
+fn assert_close_f32<D: ndarray::Dimension>(
+    a: &Array<f32, D>,
+    b: &Array<f32, D>,
+    tol: f32,
+    what: &str,
+) {
+    assert_eq!(a.shape(), b.shape(), "{what}: shapes");
+    for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
+/// A dense f32 weight through its pre-packed panels (`frozen_linear_panels`, and the LoRA path)
+/// against the `matrixmultiply` path: equal to f32 rounding, for edge-tile shapes and K = 0, 1, 3.
+#[test]
+fn panel_linear_equals_the_matrixmultiply_path() {
+    for &(out, inp) in &[(1, 1), (17, 33), (70, 300), (385, 257)] {
+        for k in [None, Some(1), Some(3)] {
+            let seed = (out * 31 + inp) as u64;
+            let w = FrozenWeight::Dense(
+                random_array::<f32>(&[out, inp], seed)
+                    .into_dimensionality()
+                    .unwrap(),
+            );
+            let cache = PanelCache::default();
+            let Some(panels) = cache.get(&w) else {
+                return; // no panel kernel on this CPU: nothing to compare
+            };
+            let bias = Array1::from_shape_fn(out, |i| i as f32 * 0.01);
+            let x = random_x::<f32>(inp, k, seed + 2);
+            // |error| grows like √in · ε · Σ|x·w|; normal values: Σ|x·w| ~ in
+            let tol = 1e-6 * inp as f32;
+            for b in [None, Some(bias.view())] {
+                let got = frozen_linear_panels(&x, &w, Some(panels), b).unwrap();
+                let want = frozen_linear(&x, &w, b).unwrap();
+                assert_close_f32(got.primal(), want.primal(), tol, "primal");
+                match (got.tangent(), want.tangent()) {
+                    (Some(g), Some(e)) => assert_close_f32(g, e, tol, "tangent"),
+                    (g, e) => assert_eq!(g.is_some(), e.is_some()),
+                }
+                // without panels it is the old path exactly
+                let same = frozen_linear_panels(&x, &w, None, b).unwrap();
+                assert_bitwise(same.primal(), want.primal(), "no panels");
+            }
+            if let Some(k) = k {
+                let r = 2;
+                let dual2 = |shape: [usize; 2], s: u64| {
+                    let p = random_array::<f32>(&shape, s)
+                        .into_dimensionality()
+                        .unwrap();
+                    let t = random_array::<f32>(&[k, shape[0], shape[1]], s + 1)
+                        .into_dimensionality()
+                        .unwrap();
+                    Dual::with_tangent(p, Some(t)).unwrap()
+                };
+                let (a, b) = (dual2([r, inp], seed + 4), dual2([out, r], seed + 6));
+                let got = lora_frozen_linear_panels(
+                    &x,
+                    &w,
+                    Some(panels),
+                    Some(bias.view()),
+                    &a,
+                    &b,
+                    0.5,
+                    None,
+                )
+                .unwrap();
+                let want =
+                    lora_frozen_linear(&x, &w, Some(bias.view()), &a, &b, 0.5, None).unwrap();
+                assert_close_f32(got.primal(), want.primal(), tol, "lora primal");
+                assert_close_f32(
+                    got.tangent().unwrap(),
+                    want.tangent().unwrap(),
+                    tol,
+                    "lora tangent",
+                );
+            }
+        }
+    }
+}
+
+/// The cache packs a dense f32 weight once, gives nothing for f64, packed or replaced weights,
+/// and its panels read back the weight's rows.
+#[test]
+fn panel_cache_is_tied_to_its_weight() {
+    let dense: Array2<f32> = random_array::<f32>(&[40, 24], 5)
+        .into_dimensionality()
+        .unwrap();
+    let w = FrozenWeight::Dense(dense.clone());
+    let mut cache = PanelCache::default();
+    if let Some(p) = cache.get(&w) {
+        assert_eq!(p.to_dense(), dense);
+        let mut row = vec![0.0; 24];
+        p.row_into(39, &mut row);
+        assert_eq!(row, dense.row(39).to_vec());
+        // another buffer with the same values: not these panels
+        let other = FrozenWeight::Dense(dense.clone());
+        assert!(cache.get(&other).is_none());
+        cache.clear();
+        assert!(cache.get(&other).is_some());
+        assert!(cache.clone().get(&w).is_some(), "a clone packs its own");
+    }
+    let w64 = FrozenWeight::Dense(dense.mapv(f64::from));
+    assert!(PanelCache::default().get(&w64).is_none());
+    let packed = FrozenWeight::<f32>::Packed(random_packed(PackedFormat::Q8_0, 40, 32, 7));
+    assert!(PanelCache::default().get(&packed).is_none());
 }

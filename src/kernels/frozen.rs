@@ -5,10 +5,13 @@
 //! scratch buffer the caller reuses, and a dense weight hands out a view of the same rows, so a
 //! kernel written over tiles serves both.
 
+use std::any::TypeId;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use ndarray::{Array2, ArrayView2, s};
 
+use super::panel_gemm::PanelWeight;
 use crate::Float;
 use crate::packed::PackedMatrix;
 
@@ -111,5 +114,63 @@ impl<F: Float> FrozenWeight<F> {
             FrozenWeight::Dense(a) => ndarray::ArrayViewMut1::from(out).assign(&a.row(r)),
             FrozenWeight::Packed(p) => p.decode_rows(r, out),
         }
+    }
+}
+
+/// The panels of a dense `f32` linear weight for [`PanelWeight`]'s GEMM, packed on first use and
+/// kept beside the weight (an `f64` or packed weight, or a CPU without a panel kernel, gets none
+/// and keeps the `matrixmultiply` path).
+///
+/// The panels are tied to the weight's buffer (its address and shape): a weight replaced by
+/// another gets none from [`PanelCache::get`] until [`PanelCache::clear`]; a weight changed in
+/// place must be followed by [`PanelCache::clear`]. A clone starts empty (its weight is another
+/// buffer) and packs again on first use.
+#[derive(Debug, Default)]
+pub struct PanelCache {
+    /// The panels and the weight they were packed from, set once (`None`: no panels).
+    cell: OnceLock<Option<CachedPanels>>,
+}
+
+/// Panels with the weight buffer they were packed from.
+#[derive(Debug)]
+struct CachedPanels {
+    /// Address of the weight's first element and its shape.
+    key: (usize, (usize, usize)),
+    panels: PanelWeight,
+}
+
+impl Clone for PanelCache {
+    fn clone(&self) -> Self {
+        PanelCache::default()
+    }
+}
+
+impl PanelCache {
+    /// The panels of `w`, packed now if this is the first call: `Some` for a dense `f32` weight
+    /// on a CPU with a panel kernel, `None` otherwise.
+    pub fn get<F: Float>(&self, w: &FrozenWeight<F>) -> Option<&PanelWeight> {
+        let FrozenWeight::Dense(a) = w else {
+            return None;
+        };
+        if TypeId::of::<F>() != TypeId::of::<f32>() || !a.is_standard_layout() {
+            return None;
+        }
+        let key = (a.as_ptr() as usize, a.dim());
+        let cached = self.cell.get_or_init(|| {
+            // SAFETY: F is f32 and `a` is in standard layout (both checked above), so this is
+            // the same row-major [out, in] view of the same f32s.
+            let w32 =
+                unsafe { ArrayView2::<f32>::from_shape_ptr(a.dim(), a.as_ptr().cast::<f32>()) };
+            PanelWeight::new(w32).map(|panels| CachedPanels { key, panels })
+        });
+        match cached {
+            Some(c) if c.key == key => Some(&c.panels),
+            _ => None,
+        }
+    }
+
+    /// Forgets the panels (after the weight changed); the next [`PanelCache::get`] packs again.
+    pub fn clear(&mut self) {
+        self.cell = OnceLock::new();
     }
 }

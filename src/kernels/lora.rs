@@ -24,9 +24,10 @@ use ndarray::{Array2, ArrayView, ArrayView1, ArrayView2, Axis, Dimension, Ix2, s
 
 use super::check;
 use super::frozen::FrozenWeight;
-use super::frozen_linear::frozen_linear;
+use super::frozen_linear::{frozen_linear, frozen_linear_panels};
 use super::gemm::{gemm_into, matmul_nt};
 use super::linear::linear;
+use super::panel_gemm::PanelWeight;
 use crate::{Dual, Error, Float, Result, common_k};
 
 /// Linear layer with a frozen weight plus a LoRA adapter and an optional dropout mask:
@@ -86,6 +87,26 @@ pub fn lora_frozen_linear<F: Float, D: Dimension>(
     dropout_mask: Option<ArrayView<'_, F, D>>,
 ) -> Result<Dual<F, D>> {
     let base = |x: &Dual<F, D>| frozen_linear(x, w, bias);
+    lora_over(x, w.dim(), bias, base, a, b, scale, dropout_mask)
+}
+
+/// [`lora_frozen_linear`] with the base product through the weight's pre-packed panels when it
+/// has them ([`frozen_linear_panels`]).
+///
+/// # Errors
+/// As [`lora_linear`].
+#[allow(clippy::too_many_arguments)]
+pub fn lora_frozen_linear_panels<F: Float, D: Dimension>(
+    x: &Dual<F, D>,
+    w: &FrozenWeight<F>,
+    panels: Option<&PanelWeight>,
+    bias: Option<ArrayView1<'_, F>>,
+    a: &Dual<F, Ix2>,
+    b: &Dual<F, Ix2>,
+    scale: F,
+    dropout_mask: Option<ArrayView<'_, F, D>>,
+) -> Result<Dual<F, D>> {
+    let base = |x: &Dual<F, D>| frozen_linear_panels(x, w, panels, bias);
     lora_over(x, w.dim(), bias, base, a, b, scale, dropout_mask)
 }
 

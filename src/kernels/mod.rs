@@ -27,6 +27,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod lm_head_loss;
 pub mod lora;
+pub mod panel_gemm;
 pub mod pooling;
 pub mod reverse;
 pub mod rms_norm;
@@ -46,8 +47,8 @@ pub use elementwise::{add, add_into, add_reference};
 pub use embedding::{
     embedding, embedding_dual, embedding_dual_reference, embedding_frozen, embedding_reference,
 };
-pub use frozen::FrozenWeight;
-pub use frozen_linear::{TILE_ROWS, frozen_linear, frozen_linear_reference};
+pub use frozen::{FrozenWeight, PanelCache};
+pub use frozen_linear::{TILE_ROWS, frozen_linear, frozen_linear_panels, frozen_linear_reference};
 pub use layer_norm::{
     layer_norm, layer_norm_dual, layer_norm_dual_reference, layer_norm_reference,
 };
@@ -55,7 +56,7 @@ pub use linear::{
     linear, linear_dual, linear_dual_reference, linear_reference, matmul, matmul_reference,
 };
 pub use lm_head_loss::{VOCAB_TILE, lm_head_cross_entropy};
-pub use lora::{lora_frozen_linear, lora_linear, lora_linear_reference};
+pub use lora::{lora_frozen_linear, lora_frozen_linear_panels, lora_linear, lora_linear_reference};
 pub use pooling::{first_token_pool, first_token_pool_reference, mean_pool, mean_pool_reference};
 pub use rms_norm::{rms_norm, rms_norm_dual, rms_norm_dual_reference, rms_norm_reference};
 pub use rope::{RopeLayout, RopeTable, rope, rope_reference};

@@ -13,7 +13,7 @@ use std::fmt::Display;
 use ndarray::{Array1, Array2};
 
 use super::source::{WeightSource, take_frozen, take1, take2};
-use crate::kernels::FrozenWeight;
+use crate::kernels::{FrozenWeight, PanelCache};
 use crate::modules::norm::{LayerNorm, RmsNorm};
 use crate::modules::{FrozenLinear, LoraConfig, Trainable};
 use crate::{Float, Result};
@@ -119,6 +119,7 @@ impl<'a> WeightPath<'a> {
 
     /// Takes this module as a linear layer `[out, in]` without adapter: its `weight` (frozen,
     /// possibly packed) and, when `bias`, its `bias` `[out]`. The layer's path is this module's.
+    /// A dense `f32` weight's panels (`FrozenLinear::panels`) are packed here.
     ///
     /// # Errors
     /// As [`WeightPath::vector`].
@@ -128,7 +129,7 @@ impl<'a> WeightPath<'a> {
         inp: usize,
         bias: bool,
     ) -> Result<FrozenLinear<F>> {
-        Ok(FrozenLinear {
+        let layer = FrozenLinear {
             weight: self.frozen("weight", out, inp)?,
             bias: if bias {
                 Some(self.vector("bias", out)?)
@@ -137,7 +138,12 @@ impl<'a> WeightPath<'a> {
             },
             adapter: None,
             path: self.path.clone(),
-        })
+            panels: PanelCache::default(),
+        };
+        // a dense f32 weight's panels are packed now, at load, so that they count with the
+        // resident weights rather than with the first forward's working memory
+        let _ = layer.panels.get(&layer.weight);
+        Ok(layer)
     }
 
     /// Takes this module as a LayerNorm over `h` features: `weight` then `bias`, both `[h]`.

@@ -7,7 +7,7 @@ use super::lora::LoraConfig;
 use super::pass::Pass;
 use super::trainable::{ParamGrads, Trainable, param_dual};
 use crate::kernels::reverse::{frozen_linear_backward, lora_backward};
-use crate::kernels::{FrozenWeight, frozen_linear, lora_frozen_linear};
+use crate::kernels::{FrozenWeight, PanelCache, frozen_linear_panels, lora_frozen_linear_panels};
 use crate::rng::{Domain, KeyedRng};
 use crate::{Dual, Error, Float, Result};
 
@@ -36,7 +36,9 @@ pub struct DropoutKey {
 /// adapted by LoRA: `y = xWᵀ + b + s·(drop(x)Aᵀ)Bᵀ`.
 ///
 /// The weight is dense in `F` or packed in its stored format (f16, bf16, Q8_0, Q4_0, Q4_1); a
-/// packed weight is widened a tile at a time by [`frozen_linear()`] and never held whole.
+/// packed weight is widened a tile at a time by [`frozen_linear()`](crate::kernels::frozen_linear())
+/// and never held whole. A dense `f32` weight is also kept as panels for the pre-packed GEMM
+/// ([`FrozenLinear::panels`]): the weight's memory twice over, for a faster forward.
 #[derive(Clone, Debug)]
 pub struct FrozenLinear<F: Float> {
     /// Dotted module path, e.g. `encoder.layer.0.attention.self.query`.
@@ -47,6 +49,13 @@ pub struct FrozenLinear<F: Float> {
     pub bias: Option<Array1<F>>,
     /// The LoRA adapter, if this module is targeted.
     pub adapter: Option<AdapterSlot>,
+    /// A dense `f32` weight's panels for the pre-packed GEMM (`kernels::panel_gemm`), packed by
+    /// the first forward and used by every later one (`PanelCache::default()` when building a
+    /// layer). After changing `weight` in place, [`PanelCache::clear`] it; [`merge_adapter`]
+    /// does.
+    ///
+    /// [`merge_adapter`]: FrozenLinear::merge_adapter
+    pub panels: PanelCache,
 }
 
 impl<F: Float> FrozenLinear<F> {
@@ -116,10 +125,12 @@ impl<F: Float> FrozenLinear<F> {
     /// Applies the layer (with its adapter, if any) to a dual activation, reading the adapter's
     /// factors and their tangents from `pass` (with `pass.lora`'s scale and dropout).
     ///
-    /// Without an adapter this is [`frozen_linear()`]; with one, [`lora_frozen_linear`], the same
-    /// LoRA path for a dense and a packed weight: `y = x·Wᵀ + b + s·(x̃·Aᵀ)·Bᵀ`,
-    /// `ẏ = ẋ·Wᵀ + s·[(x̃̇·Aᵀ + x̃·Ȧᵀ)·Bᵀ + (x̃·Aᵀ)·Ḃᵀ]`, `x̃ = x ⊙ mask`, where a packed `W` is
-    /// widened a tile at a time (so a packed layer equals its widened twin bit for bit).
+    /// Without an adapter this is [`frozen_linear_panels`]; with one,
+    /// [`lora_frozen_linear_panels`], the same LoRA path for a dense and a packed weight:
+    /// `y = x·Wᵀ + b + s·(x̃·Aᵀ)·Bᵀ`, `ẏ = ẋ·Wᵀ + s·[(x̃̇·Aᵀ + x̃·Ȧᵀ)·Bᵀ + (x̃·Aᵀ)·Ḃᵀ]`,
+    /// `x̃ = x ⊙ mask`. A dense `f32` weight's products `x·Wᵀ`, `ẋ·Wᵀ` go through its panels
+    /// ([`FrozenLinear::panels`], packed by the first call); a packed `W` is widened a tile at a
+    /// time (so a packed layer equals its widened twin bit for bit).
     ///
     /// # Shapes
     /// - `x`: `[.., in]` → `[.., out]`
@@ -129,7 +140,7 @@ impl<F: Float> FrozenLinear<F> {
     pub fn forward<D: Dimension>(&self, x: &Dual<F, D>, pass: &Pass<'_, F>) -> Result<Dual<F, D>> {
         let bias = self.bias.as_ref().map(|b| b.view());
         let Some(slot) = self.adapter else {
-            return frozen_linear(x, &self.weight, bias);
+            return frozen_linear_panels(x, &self.weight, self.panels.get(&self.weight), bias);
         };
         let lora = pass.lora;
         let a = param_dual::<F, Ix2>(pass.trainable, pass.dirs, slot.a)?;
@@ -145,7 +156,16 @@ impl<F: Float> FrozenLinear<F> {
         };
         let scale = F::from_f64(lora.scale());
         let mask = mask.as_ref().map(|m| m.view());
-        lora_frozen_linear(x, &self.weight, bias, &a, &b, scale, mask)
+        lora_frozen_linear_panels(
+            x,
+            &self.weight,
+            self.panels.get(&self.weight),
+            bias,
+            &a,
+            &b,
+            scale,
+            mask,
+        )
     }
 
     /// The reverse pass of [`FrozenLinear::forward`] at the primal point of `pass`: given the
@@ -245,6 +265,7 @@ impl<F: Float> FrozenLinear<F> {
         self.check_adapter(trainable, lora)?;
         if self.adapter.is_some() {
             self.weight = FrozenWeight::Dense(self.merged_weight(trainable, lora));
+            self.panels.clear();
             self.adapter = None;
         }
         Ok(())
