@@ -97,6 +97,10 @@ struct Args {
     /// Which client's units to perturb (0 = the top block; default: the last, the bottom block).
     #[arg(long)]
     client: Option<usize>,
+    /// Row budget of one micro-batch (`Llama::with_max_rows`; default: the library's,
+    /// `models::microbatch::DEFAULT_MAX_ROWS`).
+    #[arg(long)]
+    max_rows: Option<usize>,
     /// The GGUF file (default `target/bench7b/<geometry>-<format>.gguf`); reused when its
     /// header matches, else written.
     #[arg(long)]
@@ -361,6 +365,7 @@ fn run(args: &Args) -> Res<()> {
         "cpu": cpu,
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "clients": args.clients,
+        "max_rows": args.max_rows,
         "lora": {"r": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"]},
         "runs": rows,
     });
@@ -383,6 +388,9 @@ fn run_child(args: &Args, path: &Path, b: usize, t: usize, k: usize) -> Res<serd
     .args(["--child", &format!("{b},{t},{k}")]);
     if let Some(c) = args.client {
         cmd.args(["--client", &c.to_string()]);
+    }
+    if let Some(m) = args.max_rows {
+        cmd.args(["--max-rows", &m.to_string()]);
     }
     let out = cmd.output()?;
     if !out.status.success() {
@@ -437,6 +445,10 @@ fn child(args: &Args, c: &[usize]) -> Res<()> {
         GgufLlamaSource::new(file, config.num_attention_heads, config.num_key_value_heads);
     let mut params = Trainable::new();
     let model = Llama::<f32>::load(&config, &mut source, &lora, 0, &mut params)?;
+    let max_rows = args
+        .max_rows
+        .unwrap_or(spry::models::microbatch::DEFAULT_MAX_ROWS);
+    let model = model.with_max_rows(max_rows);
     drop(source);
     let load_s = t0.elapsed().as_secs_f64();
     let load_peak = peak_rss_mib().ok_or_else(none)?;
@@ -511,6 +523,7 @@ fn child(args: &Args, c: &[usize]) -> Res<()> {
         serde_json::json!({
             "batch": b, "seq": t, "k": k,
             "client": client,
+            "max_rows": max_rows,
             "units": unit_names,
             "n_params_perturbed": assigned.iter().map(|&i| params.value(i).len()).sum::<usize>(),
             "load_s": load_s,
