@@ -41,8 +41,8 @@ pub mod weights;
 pub use crate::packed::{PackedFormat, PackedMatrix};
 pub use config::{Activation, BertConfig, LlamaConfig};
 pub use gguf::{
-    GgmlType, GgufArray, GgufFile, GgufTensorInfo, GgufValue, GgufValueType, unpermute_rope_rows,
-    unpermute_rope_rows_packed,
+    GgmlType, GgufArray, GgufFile, GgufTensorInfo, GgufTensorSpec, GgufValue, GgufValueType,
+    GgufWriter, unpermute_rope_rows, unpermute_rope_rows_packed,
 };
 pub use safetensors::{load_safetensors, save_safetensors};
 pub use weights::{SkippedTensor, Weights};

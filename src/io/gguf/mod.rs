@@ -47,11 +47,13 @@ mod permute;
 mod reader;
 mod tensor;
 mod value;
+mod write;
 
 pub use file::{DEFAULT_ALIGNMENT, GgufFile};
 pub use permute::{unpermute_rope_rows, unpermute_rope_rows_packed};
 pub use tensor::{GgmlType, GgufTensorInfo};
 pub use value::{GgufArray, GgufValue, GgufValueType};
+pub use write::{GGUF_WRITE_VERSION, GgufTensorSpec, GgufWriter};
 
 /// The format name in [`Error::Format`].
 const FORMAT: &str = "gguf";
