@@ -14,6 +14,7 @@
 use half::{bf16, f16};
 use ndarray::{Array, Array1, Array2, Array3, ArrayD, Ix2, IxDyn};
 use spry::io::{PackedFormat, PackedMatrix};
+use spry::kernels::panel_gemm::PanelWeight;
 use spry::kernels::{
     FrozenWeight, PanelCache, TILE_ROWS, VOCAB_TILE, cross_entropy, embedding, embedding_frozen,
     frozen_linear, frozen_linear_panels, frozen_linear_reference, linear, lm_head_cross_entropy,
@@ -111,6 +112,15 @@ fn assert_bitwise<F: Float, D: ndarray::Dimension>(a: &Array<F, D>, b: &Array<F,
     }
 }
 
+/// The panels of `p` widened, when `F` is f32 and this CPU has a panel kernel (the path
+/// `frozen_linear` takes for a packed f32 weight).
+fn panels_of<F: Float>(p: &PackedMatrix) -> Option<PanelWeight> {
+    if std::any::TypeId::of::<F>() != std::any::TypeId::of::<f32>() {
+        return None;
+    }
+    PanelWeight::new(p.to_dense::<f32>().view())
+}
+
 fn check_linear_bitwise<F: Float>(format: PackedFormat) {
     // 300 rows: two full tiles and a partial one; 5 rows: one partial tile
     for (rows, cols) in [(2 * TILE_ROWS + 44, 96), (5, 64), (TILE_ROWS, 32)] {
@@ -123,7 +133,15 @@ fn check_linear_bitwise<F: Float>(format: PackedFormat) {
             let x = random_x::<F>(cols, k, 11);
             for b in [None, Some(bias.view())] {
                 let got = frozen_linear(&x, &w, b).unwrap();
-                let want = linear(&x, dense.view(), b).unwrap();
+                // the widened matrix through the path the packed one takes for F: the panel GEMM
+                // for f32 on a CPU with a panel kernel, else `linear` (matrixmultiply)
+                let want = match panels_of::<F>(&p) {
+                    Some(pw) => {
+                        frozen_linear_panels(&x, &FrozenWeight::Dense(dense.clone()), Some(&pw), b)
+                            .unwrap()
+                    }
+                    None => linear(&x, dense.view(), b).unwrap(),
+                };
                 let what = format!("{format} [{rows}, {cols}] K={k:?} bias={}", b.is_some());
                 assert_bitwise(got.primal(), want.primal(), &what);
                 assert_eq!(got.k(), want.k());
@@ -131,7 +149,7 @@ fn check_linear_bitwise<F: Float>(format: PackedFormat) {
                     assert_bitwise(g, w, &format!("{what} tangent"));
                 }
                 let reference = frozen_linear_reference(&x, &w, b).unwrap();
-                assert_eq!(reference, want);
+                assert_eq!(reference, linear(&x, dense.view(), b).unwrap());
             }
         }
     }
@@ -409,7 +427,20 @@ fn lora_frozen_linear_equals_lora_linear_on_the_widened_weight_bit_for_bit() {
         for m in [None, Some(mask.view())] {
             let packed = FrozenWeight::Packed(p.clone());
             let got = lora_frozen_linear(&x, &packed, Some(bias.view()), &a, &b, 0.5, m).unwrap();
-            let want = lora_linear(&x, dense.view(), Some(bias.view()), &a, &b, 0.5, m).unwrap();
+            let want = match panels_of::<f32>(&p) {
+                Some(pw) => lora_frozen_linear_panels(
+                    &x,
+                    &FrozenWeight::Dense(dense.clone()),
+                    Some(&pw),
+                    Some(bias.view()),
+                    &a,
+                    &b,
+                    0.5,
+                    m,
+                )
+                .unwrap(),
+                None => lora_linear(&x, dense.view(), Some(bias.view()), &a, &b, 0.5, m).unwrap(),
+            };
             assert_bitwise(got.primal(), want.primal(), &format!("{format:?}"));
             assert_bitwise(
                 got.tangent().unwrap(),

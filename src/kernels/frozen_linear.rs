@@ -4,18 +4,23 @@
 //! For each tile of [`TILE_ROWS`] output features, the rows `W[o0..o1, :]` are widened once into a
 //! reusable scratch buffer and serve two GEMMs: the N primal rows, `y[:, o0..o1] = x·W_tileᵀ`, and
 //! all K·N stacked tangent rows, `ẏ[:, o0..o1] = ẋ·W_tileᵀ`. Widening costs `O(out·in)` per call,
-//! amortised over `N·(1+K)` rows; the full float matrix never exists (the scratch holds
-//! `TILE_ROWS × in` values). A dense weight goes straight to [`linear`].
+//! amortised over `N·(1+K)` rows, and the tiles are split between threads, each widening its own;
+//! the full float matrix never exists (each thread's scratch holds `TILE_ROWS × in` values, plus
+//! the tile's panels for the panel GEMM). A dense weight goes straight to [`linear`], or to the
+//! panel GEMM through its pre-packed panels ([`frozen_linear_panels`]).
 
 use std::any::{Any, TypeId};
 
-use ndarray::{Array2, ArrayView1, ArrayView2, Dimension, s};
+use std::ops::Range;
+
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Dimension, s};
 
 use super::check;
 use super::frozen::FrozenWeight;
 use super::gemm::gemm_into;
 use super::linear::linear;
-use super::panel_gemm::PanelWeight;
+use super::panel_gemm::{Kernel, PanelWeight};
+use crate::parallel;
 use crate::{Dual, Float, Result};
 
 /// Output rows of a packed weight widened at a time (a tile of `TILE_ROWS × in` values: 1.1 MiB
@@ -25,11 +30,12 @@ pub const TILE_ROWS: usize = 512;
 
 /// Linear layer with a frozen, possibly packed, weight: `y = x·Wᵀ + b`, `ẏ = ẋ·Wᵀ`.
 ///
-/// A dense weight is [`linear`] itself. A packed weight is widened [`TILE_ROWS`] rows at a time;
-/// each widened tile is used by the primal rows and by all K stacked tangent rows before the next
-/// one is widened. Every output element is the same GEMM dot product as with the widened matrix
-/// (tiles split the output columns, not the inner dimension), so the result equals
-/// `linear(x, W.to_dense(), b)` bit for bit.
+/// A dense weight is [`linear`] itself. A packed weight is widened [`TILE_ROWS`] rows at a time,
+/// the tiles split between threads; each widened tile is used by the primal rows and by all K
+/// stacked tangent rows before the next one is widened. Every output element is the same dot
+/// product as with the widened matrix (tiles split the output columns, not the inner dimension):
+/// for `f32` on a CPU with a panel kernel the result equals [`frozen_linear_panels`] on the
+/// widened matrix bit for bit, otherwise `linear(x, W.to_dense(), b)`.
 ///
 /// # Shapes
 /// - `x`: `[.., in]` (any rank ≥ 1), `w`: `[out, in]`, `b`: `[out]`
@@ -103,6 +109,16 @@ fn panel_product<F: Float>(
     x: ArrayView2<'_, F>,
     b: Option<ArrayView1<'_, F>>,
 ) -> Array2<F> {
+    panel_product_threads(p, x, b, crate::parallel::worker_budget())
+}
+
+/// [`panel_product`] on at most `threads` threads.
+fn panel_product_threads<F: Float>(
+    p: &PanelWeight,
+    x: ArrayView2<'_, F>,
+    b: Option<ArrayView1<'_, F>>,
+    threads: usize,
+) -> Array2<F> {
     assert_eq!(
         TypeId::of::<F>(),
         TypeId::of::<f32>(),
@@ -119,11 +135,21 @@ fn panel_product<F: Float>(
                 .map(|b| ndarray::ArrayView1::<f32>::from_shape_ptr(b.len(), b.as_ptr().cast())),
         )
     };
-    let y: Box<dyn Any> = Box::new(p.matmul_t(x32, b32));
+    let y: Box<dyn Any> = Box::new(p.matmul_t_threads(x32, b32, threads));
     *y.downcast::<Array2<F>>().expect("F is f32")
 }
 
-/// `y = x·Wᵀ + b`, `ẏ = ẋ·Wᵀ` over tiles of [`TILE_ROWS`] output rows of `w`.
+/// `y = x·Wᵀ + b`, `ẏ = ẋ·Wᵀ` over tiles of [`TILE_ROWS`] output rows of `w`, the tiles split
+/// between threads.
+///
+/// Each thread owns a contiguous range of tiles, that is of output columns of `y` and `ẏ`: it
+/// widens its tiles one at a time into its own scratch buffer and runs their products serially,
+/// so the widening (a quarter of a 4-bit 7B step's time when it ran on one thread) is spread
+/// over the cores like the products. For `f32` on a CPU with a panel kernel each widened tile is
+/// packed as [`PanelWeight`] panels and multiplied by the panel GEMM, exactly the sums a
+/// [`PanelWeight`] of the whole widened matrix computes (tiles are whole panels); otherwise by
+/// `matrixmultiply`, exactly the sums of [`linear`] on the widened matrix. Either way the result
+/// does not depend on the number of threads.
 fn tiled_linear<F: Float, D: Dimension>(
     x: &Dual<F, D>,
     w: &FrozenWeight<F>,
@@ -137,37 +163,94 @@ fn tiled_linear<F: Float, D: Dimension>(
     }
     let xr = x.primal_rows();
     let tx = x.tangent_rows();
+    let kernel = Kernel::detect().filter(|_| TypeId::of::<F>() == TypeId::of::<f32>());
     let mut y = Array2::<F>::zeros((xr.nrows(), out_f));
     let mut ty = tx.map(|t| Array2::<F>::zeros((t.nrows(), out_f)));
-    let mut scratch = Vec::new();
-    for o0 in (0..out_f).step_by(TILE_ROWS) {
-        let o1 = (o0 + TILE_ROWS).min(out_f);
-        // W_tile[o1−o0, in], widened once for the primal and all K·N tangent rows
-        let tile = w.tile(o0..o1, &mut scratch);
-        // y[:, o0..o1] = x · W_tileᵀ
-        gemm_into(
-            F::one(),
-            xr,
-            tile.t(),
-            F::zero(),
-            y.slice_mut(s![.., o0..o1]),
-        );
-        // ẏ[:, o0..o1] = ẋ · W_tileᵀ (K·N stacked rows)
-        if let (Some(t), Some(ty)) = (tx, ty.as_mut()) {
-            gemm_into(
-                F::one(),
-                t,
-                tile.t(),
-                F::zero(),
-                ty.slice_mut(s![.., o0..o1]),
+    // tiles [TILE_ROWS, in] of W, in contiguous ranges per thread
+    let n_rows = xr.nrows() + tx.map_or(0, |t| t.nrows());
+    let tile_ranges = parallel::row_ranges(out_f.div_ceil(TILE_ROWS), TILE_ROWS * n_rows.max(1));
+    let columns: Vec<Range<usize>> = tile_ranges
+        .iter()
+        .map(|r| r.start * TILE_ROWS..(r.end * TILE_ROWS).min(out_f))
+        .collect();
+    let y_parts = split_columns(y.view_mut(), &columns);
+    let ty_parts: Vec<Option<ArrayViewMut2<'_, F>>> = match ty.as_mut() {
+        Some(ty) => split_columns(ty.view_mut(), &columns)
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => columns.iter().map(|_| None).collect(),
+    };
+    let jobs: Vec<_> = columns.into_iter().zip(y_parts).zip(ty_parts).collect();
+    parallel::run(jobs, |((cols, mut y_part), mut ty_part)| {
+        let mut scratch = Vec::new();
+        for o0 in cols.clone().step_by(TILE_ROWS) {
+            let o1 = (o0 + TILE_ROWS).min(cols.end);
+            let local = o0 - cols.start..o1 - cols.start;
+            // W_tile[o1−o0, in], widened once for the primal and all K·N tangent rows
+            let tile = w.tile(o0..o1, &mut scratch);
+            let panels = kernel.and_then(|k| PanelWeight::with_kernel(as_f32(tile), k));
+            // y[:, o0..o1] = x · W_tileᵀ + b[o0..o1]
+            let b_tile = b.map(|b| b.slice_move(s![o0..o1]));
+            tile_product(
+                xr,
+                tile,
+                panels.as_ref(),
+                b_tile,
+                y_part.slice_mut(s![.., local.clone()]),
             );
+            // ẏ[:, o0..o1] = ẋ · W_tileᵀ (K·N stacked rows)
+            if let (Some(t), Some(ty)) = (tx, ty_part.as_mut()) {
+                tile_product(t, tile, panels.as_ref(), None, ty.slice_mut(s![.., local]));
+            }
         }
-    }
-    if let Some(b) = b {
-        y += &b;
-    }
+    });
     let ty = ty.map(|t| (x.k().unwrap_or(0), t));
     Ok(Dual::from_rows(x.shape(), y, ty))
+}
+
+/// `c = a·tileᵀ (+ b)` on the calling thread: by the tile's `panels` when given (`F = f32`), else
+/// by `matrixmultiply` with the bias added after the product (as [`linear`] does).
+///
+/// # Shapes
+/// - `a`: `[n, in]`, `tile`: `[t, in]`, `b`: `[t]`, `c`: `[n, t]`
+fn tile_product<F: Float>(
+    a: ArrayView2<'_, F>,
+    tile: ArrayView2<'_, F>,
+    panels: Option<&PanelWeight>,
+    b: Option<ArrayView1<'_, F>>,
+    mut c: ArrayViewMut2<'_, F>,
+) {
+    match panels {
+        Some(p) => c.assign(&panel_product_threads(p, a, b, 1)),
+        None => {
+            gemm_into(F::one(), a, tile.t(), F::zero(), c.view_mut());
+            if let Some(b) = b {
+                c += &b;
+            }
+        }
+    }
+}
+
+/// Splits `v` `[n, m]` into the column ranges `columns` (contiguous, increasing, covering `m`).
+fn split_columns<'a, F>(
+    mut v: ArrayViewMut2<'a, F>,
+    columns: &[Range<usize>],
+) -> Vec<ArrayViewMut2<'a, F>> {
+    let mut parts = Vec::with_capacity(columns.len());
+    for r in columns {
+        let (head, tail) = v.split_at(Axis(1), r.len());
+        parts.push(head);
+        v = tail;
+    }
+    parts
+}
+
+/// `a` viewed as `f32` (the caller checked that `F` is `f32`; any other type is a bug).
+fn as_f32<F: Float>(a: ArrayView2<'_, F>) -> ArrayView2<'_, f32> {
+    assert_eq!(TypeId::of::<F>(), TypeId::of::<f32>(), "as_f32: F is f32");
+    // SAFETY: F is f32, so the view's elements, shape and strides describe f32 values.
+    unsafe { a.raw_view().cast::<f32>().deref_into_view() }
 }
 
 /// Reference twin of [`frozen_linear`]: widens the whole weight, then [`linear`]. For tests.
