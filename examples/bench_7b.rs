@@ -98,7 +98,7 @@ struct Args {
     #[arg(long)]
     client: Option<usize>,
     /// Row budget of one micro-batch (`Llama::with_max_rows`; default: the library's,
-    /// `models::microbatch::DEFAULT_MAX_ROWS`).
+    /// `models::microbatch::default_max_rows` of the FFN width: 762 rows for 7b, 1024 otherwise).
     #[arg(long)]
     max_rows: Option<usize>,
     /// The GGUF file (default `target/bench7b/<geometry>-<format>.gguf`); reused when its
@@ -447,7 +447,7 @@ fn child(args: &Args, c: &[usize]) -> Res<()> {
     let model = Llama::<f32>::load(&config, &mut source, &lora, 0, &mut params)?;
     let max_rows = args
         .max_rows
-        .unwrap_or(spry::models::microbatch::DEFAULT_MAX_ROWS);
+        .unwrap_or_else(|| spry::models::microbatch::default_max_rows(config.intermediate_size));
     let model = model.with_max_rows(max_rows);
     drop(source);
     let load_s = t0.elapsed().as_secs_f64();

@@ -32,7 +32,8 @@ pub trait AdaptedModel<F: Float> {
 
     /// The same model running its passes in micro-batches of at most `max_rows` rows
     /// (sequences × positions, at least one sequence; default
-    /// [`DEFAULT_MAX_ROWS`](super::microbatch::DEFAULT_MAX_ROWS)): a smaller budget lowers the
+    /// [`default_max_rows`](super::microbatch::default_max_rows) of the feed-forward width,
+    /// 1024 rows for every bundled model): a smaller budget lowers the
     /// peak working memory of long batches, a larger one lets more rows share each GEMM. Results
     /// are bitwise the same for any budget.
     fn with_max_rows(mut self, max_rows: usize) -> Self

@@ -18,6 +18,19 @@ use crate::{Dual, Error, Float, Result};
 /// holds `2·2·1024·1536·4` B = 24 MiB at once, and a batch of 8 × 128 runs as a single chunk.
 pub const DEFAULT_MAX_ROWS: usize = 1024;
 
+/// Default budget of one chunk's widest activation `[rows, width]` (the feed-forward's inner
+/// width): 8 Mi values, 32 MiB in f32, per tensor and per tangent direction.
+pub const DEFAULT_MAX_ACTIVATION: usize = 8 << 20;
+
+/// The default row budget of a model whose widest activation has `width` columns:
+/// `clamp(DEFAULT_MAX_ACTIVATION / width, 1, DEFAULT_MAX_ROWS)`. MiniLM, SmolLM2 (`width` 1536)
+/// and any model up to `width` 8192 get [`DEFAULT_MAX_ROWS`]; Llama-2-7B (`width` 11008) gets 762
+/// rows, so a batch of 256-token sequences runs two at a time and its feed-forward
+/// activations stay near 32 MiB each instead of 43 MiB.
+pub fn default_max_rows(width: usize) -> usize {
+    (DEFAULT_MAX_ACTIVATION / width.max(1)).clamp(1, DEFAULT_MAX_ROWS)
+}
+
 /// Runs `f` over the micro-batches of a batch of `b` sequences of length `t` (ranges of at most
 /// `max_rows` rows, at least one sequence each) and stacks their `[b', T, H]` results along the
 /// batch axis. `f` receives each range and its dropout key: the pass's key when the batch is a

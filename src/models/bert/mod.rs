@@ -27,7 +27,7 @@ use ndarray::{Array2, Array3, Axis, Ix2, Ix3};
 use super::adapted::AdaptedModel;
 pub use super::adapted::PEFT_PREFIX;
 pub use super::argmax_rows;
-use super::microbatch::DEFAULT_MAX_ROWS;
+use super::microbatch::default_max_rows;
 use super::source::WeightSource;
 use super::weight_path::{Adapters, WeightPath};
 pub use batch::BertBatch;
@@ -109,7 +109,7 @@ impl<F: Float> Bert<F> {
             layers,
             pooler,
             path_prefix: module_prefix.to_string(),
-            max_rows: DEFAULT_MAX_ROWS,
+            max_rows: default_max_rows(config.intermediate_size),
         })
     }
 

@@ -31,7 +31,7 @@ pub use block::Block;
 pub use mlp::Mlp;
 
 use super::adapted::{AdaptedModel, PEFT_PREFIX};
-use super::microbatch::{DEFAULT_MAX_ROWS, map_micro_batches};
+use super::microbatch::{default_max_rows, map_micro_batches};
 use super::source::WeightSource;
 use super::weight_path::{Adapters, WeightPath};
 use crate::io::LlamaConfig;
@@ -125,7 +125,7 @@ impl<F: Float> Llama<F> {
             norm,
             lm_head,
             rope,
-            max_rows: DEFAULT_MAX_ROWS,
+            max_rows: default_max_rows(config.intermediate_size),
         })
     }
 
