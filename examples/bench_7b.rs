@@ -405,17 +405,10 @@ fn run_child(args: &Args, path: &Path, b: usize, t: usize, k: usize) -> Res<serd
     Ok(serde_json::from_str(line)?)
 }
 
-/// `RssAnon` and `RssFile` of this process in MiB, from `/proc/self/status`.
+/// `RssAnon` and `RssFile` of this process in MiB (`spry::metrics::rss_breakdown_mib`).
 fn rss_breakdown_mib() -> (Option<f64>, Option<f64>) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map(|kib| kib / 1024.0)
-    };
-    (field("RssAnon"), field("RssFile"))
+    let r = spry::metrics::rss_breakdown_mib();
+    (r.map(|r| r.anon), r.map(|r| r.file))
 }
 
 fn cpu_name() -> String {

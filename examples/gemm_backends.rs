@@ -4,7 +4,9 @@
 //! - `matrixmultiply`: what `kernels::gemm` runs today (both operands packed on every call);
 //! - `panel`: `kernels::panel_gemm::PanelWeight`, `W` packed once, only `x` packed per call, with
 //!   the CPU's best kernel (AVX-512F on a CPU that has it);
-//! - `panel-avx2`: the same with the AVX2 + FMA kernel forced.
+//! - `panel-avx2`: the same with the AVX2 + FMA kernel forced;
+//! - `openblas` (built with `--features openblas`): the system's `cblas_sgemm`, the thread count
+//!   from `OPENBLAS_NUM_THREADS`.
 //!
 //! Prints GFLOP/s from wall time and from process CPU time (the median round of each). The CPU
 //! figure is FLOPs over CPU seconds times the thread count: what the wall rate would be if the
@@ -12,10 +14,11 @@
 //! `--threads`, runs itself once per thread count (1 and 2) in a child process, since
 //! matrixmultiply reads its thread count (`MATMUL_NUM_THREADS`) once per process.
 //!
-//! Another backend (OpenBLAS, say) is one more entry in [`backends`].
+//! Another backend is one more entry in [`backends`].
 //!
 //! ```text
 //! cargo run --release --example gemm_backends [-- --rounds 7]
+//! cargo run --release --features openblas --example gemm_backends [-- --rounds 7]
 //! ```
 
 use std::process::Command;
@@ -23,7 +26,6 @@ use std::time::Instant;
 
 use clap::Parser;
 use ndarray::{Array2, ArrayView2};
-use spry::kernels::gemm::matmul_nt;
 use spry::kernels::panel_gemm::{Kernel, PanelWeight};
 
 /// Command-line options.
@@ -52,13 +54,14 @@ struct Backend {
 
 /// The backends compared, in column order.
 fn backends() -> Vec<Backend> {
-    vec![
+    #[allow(unused_mut)]
+    let mut all = vec![
         Backend {
             name: "matrixmultiply",
             // the thread count is the process's MATMUL_NUM_THREADS
             prepare: |w| {
                 let w = w.clone();
-                Some(Box::new(move |x, _threads| matmul_nt(x, w.view())))
+                Some(Box::new(move |x, _threads| matrixmultiply_nt(x, w.view())))
             },
         },
         Backend {
@@ -79,7 +82,47 @@ fn backends() -> Vec<Backend> {
                 }))
             },
         },
-    ]
+    ];
+    #[cfg(feature = "openblas")]
+    all.push(Backend {
+        name: "openblas",
+        // `kernels::gemm` with the feature on; the thread count is OPENBLAS_NUM_THREADS
+        prepare: |w| {
+            let w = w.clone();
+            Some(Box::new(move |x, _threads| {
+                spry::kernels::gemm::matmul_nt(x, w.view())
+            }))
+        },
+    });
+    all
+}
+
+/// `x·Wᵀ` by `matrixmultiply::sgemm` itself, whatever backend `kernels::gemm` was built with.
+fn matrixmultiply_nt(x: ArrayView2<'_, f32>, w: ArrayView2<'_, f32>) -> Array2<f32> {
+    let x = x.as_standard_layout();
+    let ((n, k), out) = (x.dim(), w.nrows());
+    let mut y = Array2::<f32>::zeros((n, out));
+    // SAFETY: x is [n, k] row-major, w is [out, k] with its own strides (read as Wᵀ [k, out]),
+    // y is a fresh row-major [n, out].
+    unsafe {
+        matrixmultiply::sgemm(
+            n,
+            k,
+            out,
+            1.0,
+            x.as_ptr(),
+            k as isize,
+            1,
+            w.as_ptr(),
+            w.strides()[1],
+            w.strides()[0],
+            0.0,
+            y.as_mut_ptr(),
+            out as isize,
+            1,
+        );
+    }
+    y
 }
 
 /// `(N, in, out)`: MiniLM's three products at B·T = 1024, then a 7B model's at 256 rows.
@@ -132,12 +175,14 @@ fn main() {
         println!("CPU: {model}");
         for t in [1, 2] {
             let mut cmd = Command::new(std::env::current_exe().expect("own path"));
-            cmd.env("MATMUL_NUM_THREADS", t.to_string()).args([
-                "--threads",
-                &t.to_string(),
-                "--rounds",
-                &args.rounds.to_string(),
-            ]);
+            cmd.env("MATMUL_NUM_THREADS", t.to_string())
+                .env("OPENBLAS_NUM_THREADS", t.to_string())
+                .args([
+                    "--threads",
+                    &t.to_string(),
+                    "--rounds",
+                    &args.rounds.to_string(),
+                ]);
             if args.small {
                 cmd.arg("--small");
             }

@@ -183,25 +183,35 @@ fn tiled_linear<F: Float, D: Dimension>(
     };
     let jobs: Vec<_> = columns.into_iter().zip(y_parts).zip(ty_parts).collect();
     parallel::run(jobs, |((cols, mut y_part), mut ty_part)| {
-        let mut scratch = Vec::new();
+        // this thread's scratch: a widened tile (matrixmultiply path) or a tile's panels
+        let (mut scratch, mut storage) = (Vec::new(), Vec::new());
         for o0 in cols.clone().step_by(TILE_ROWS) {
             let o1 = (o0 + TILE_ROWS).min(cols.end);
             let local = o0 - cols.start..o1 - cols.start;
-            // W_tile[o1−o0, in], widened once for the primal and all K·N tangent rows
-            let tile = w.tile(o0..o1, &mut scratch);
-            let panels = kernel.and_then(|k| PanelWeight::with_kernel(as_f32(tile), k));
-            // y[:, o0..o1] = x · W_tileᵀ + b[o0..o1]
             let b_tile = b.map(|b| b.slice_move(s![o0..o1]));
-            tile_product(
-                xr,
-                tile,
-                panels.as_ref(),
-                b_tile,
-                y_part.slice_mut(s![.., local.clone()]),
-            );
-            // ẏ[:, o0..o1] = ẋ · W_tileᵀ (K·N stacked rows)
-            if let (Some(t), Some(ty)) = (tx, ty_part.as_mut()) {
-                tile_product(t, tile, panels.as_ref(), None, ty.slice_mut(s![.., local]));
+            let y_tile = y_part.slice_mut(s![.., local.clone()]);
+            let ty_tile = ty_part.as_mut().map(|ty| ty.slice_mut(s![.., local]));
+            if let Some(k) = kernel {
+                // W_tile widened row by row straight into panels, once for the primal and all
+                // K·N tangent rows
+                let panels =
+                    PanelWeight::from_rows(k, (o1 - o0, in_f), std::mem::take(&mut storage), {
+                        |r, buf| w.row_into(o0 + r, as_f_mut(buf))
+                    })
+                    .expect("the kernel was detected on this CPU");
+                // y[:, o0..o1] = x · W_tileᵀ + b[o0..o1]; ẏ[:, o0..o1] = ẋ · W_tileᵀ
+                assign(y_tile, panel_product_threads(&panels, xr, b_tile, 1));
+                if let (Some(t), Some(ty)) = (tx, ty_tile) {
+                    assign(ty, panel_product_threads(&panels, t, None, 1));
+                }
+                storage = panels.into_storage();
+            } else {
+                // W_tile[o1−o0, in], widened once for the primal and all K·N tangent rows
+                let tile = w.tile(o0..o1, &mut scratch);
+                tile_product(xr, tile, b_tile, y_tile);
+                if let (Some(t), Some(ty)) = (tx, ty_tile) {
+                    tile_product(t, tile, None, ty);
+                }
             }
         }
     });
@@ -209,27 +219,26 @@ fn tiled_linear<F: Float, D: Dimension>(
     Ok(Dual::from_rows(x.shape(), y, ty))
 }
 
-/// `c = a·tileᵀ (+ b)` on the calling thread: by the tile's `panels` when given (`F = f32`), else
-/// by `matrixmultiply` with the bias added after the product (as [`linear`] does).
+/// `c = a·tileᵀ (+ b)` by `matrixmultiply`, the bias added after the product (as [`linear`]
+/// does).
 ///
 /// # Shapes
 /// - `a`: `[n, in]`, `tile`: `[t, in]`, `b`: `[t]`, `c`: `[n, t]`
 fn tile_product<F: Float>(
     a: ArrayView2<'_, F>,
     tile: ArrayView2<'_, F>,
-    panels: Option<&PanelWeight>,
     b: Option<ArrayView1<'_, F>>,
     mut c: ArrayViewMut2<'_, F>,
 ) {
-    match panels {
-        Some(p) => c.assign(&panel_product_threads(p, a, b, 1)),
-        None => {
-            gemm_into(F::one(), a, tile.t(), F::zero(), c.view_mut());
-            if let Some(b) = b {
-                c += &b;
-            }
-        }
+    gemm_into(F::one(), a, tile.t(), F::zero(), c.view_mut());
+    if let Some(b) = b {
+        c += &b;
     }
+}
+
+/// `c ← v`.
+fn assign<F: Float>(mut c: ArrayViewMut2<'_, F>, v: Array2<F>) {
+    c.assign(&v);
 }
 
 /// Splits `v` `[n, m]` into the column ranges `columns` (contiguous, increasing, covering `m`).
@@ -246,11 +255,11 @@ fn split_columns<'a, F>(
     parts
 }
 
-/// `a` viewed as `f32` (the caller checked that `F` is `f32`; any other type is a bug).
-fn as_f32<F: Float>(a: ArrayView2<'_, F>) -> ArrayView2<'_, f32> {
-    assert_eq!(TypeId::of::<F>(), TypeId::of::<f32>(), "as_f32: F is f32");
-    // SAFETY: F is f32, so the view's elements, shape and strides describe f32 values.
-    unsafe { a.raw_view().cast::<f32>().deref_into_view() }
+/// `buf` as `F` values (the caller checked that `F` is `f32`; any other type is a bug).
+fn as_f_mut<F: Float>(buf: &mut [f32]) -> &mut [F] {
+    assert_eq!(TypeId::of::<F>(), TypeId::of::<f32>(), "as_f_mut: F is f32");
+    // SAFETY: F is f32, so the slice's elements are F values of the same size and alignment.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<F>(), buf.len()) }
 }
 
 /// Reference twin of [`frozen_linear`]: widens the whole weight, then [`linear`]. For tests.

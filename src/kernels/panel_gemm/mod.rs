@@ -139,6 +139,33 @@ impl PanelWeight {
         })
     }
 
+    /// Packs a `[out, in]` matrix given row by row for `kernel` (`None` if this CPU does not run
+    /// it): `row(r, buf)` writes row `r` (`in` values) into `buf`, once per row, so a packed
+    /// (quantised) weight is widened straight into panel layout. `storage` becomes the panels'
+    /// buffer (resized; pass [`PanelWeight::into_storage`] of an earlier one to reuse it).
+    pub fn from_rows(
+        kernel: Kernel,
+        (out, inn): (usize, usize),
+        mut storage: Vec<f32>,
+        row: impl FnMut(usize, &mut [f32]),
+    ) -> Option<PanelWeight> {
+        if !kernel.is_available() {
+            return None;
+        }
+        pack::pack_b_rows(out, inn, kernel.nr(), KC, &mut storage, row);
+        Some(PanelWeight {
+            panels: storage,
+            kc: KC,
+            dim: (out, inn),
+            kernel,
+        })
+    }
+
+    /// The panels' buffer, to reuse for the next [`PanelWeight::from_rows`].
+    pub fn into_storage(self) -> Vec<f32> {
+        self.panels
+    }
+
     /// `(out, in)` of `W`.
     pub fn dim(&self) -> (usize, usize) {
         self.dim

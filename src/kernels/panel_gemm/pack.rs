@@ -40,6 +40,40 @@ pub(super) fn pack_b(w: ArrayView2<'_, f32>, nr: usize, kc: usize) -> Vec<f32> {
     dst
 }
 
+/// [`pack_b`] of a `[out, in]` matrix given row by row: `row(r, buf)` writes row `r` (`in`
+/// values) into `buf`, once per row; the panels go into `dst`, reused (resized, every value
+/// written), so a caller widening tile after tile of a packed weight straight into panels needs
+/// neither a widened copy of the tile nor a fresh allocation per tile.
+///
+/// # Shapes
+/// - `dst`: resized to `in · n_panels · nr` values, `n_panels = ⌈out / nr⌉`
+pub(super) fn pack_b_rows(
+    out: usize,
+    inn: usize,
+    nr: usize,
+    kc: usize,
+    dst: &mut Vec<f32>,
+    mut row: impl FnMut(usize, &mut [f32]),
+) {
+    let n_panels = out.div_ceil(nr);
+    dst.clear();
+    dst.resize(inn * n_panels * nr, 0.0);
+    let mut buf = vec![0.0f32; inn];
+    // rows r of W = columns (j, c) of Wᵀ's panels
+    for r in 0..out {
+        row(r, &mut buf);
+        let (j, c) = (r / nr, r % nr);
+        // k-blocks p over `in`: this column's kc_p values, stride nr, in panel j
+        for p0 in (0..inn).step_by(kc.max(1)) {
+            let kcp = kc.min(inn - p0);
+            let panel = &mut dst[p0 * n_panels * nr + j * kcp * nr..][..kcp * nr];
+            for (k, &v) in buf[p0..p0 + kcp].iter().enumerate() {
+                panel[k * nr + c] = v;
+            }
+        }
+    }
+}
+
 /// Row `r` of `W` back from the panels [`pack_b`] made (`in` values into `out`).
 ///
 /// # Shapes

@@ -120,3 +120,27 @@ proptest! {
         check(n, inn, out, bias, seed);
     }
 }
+
+#[test]
+fn panels_from_rows_equal_panels_from_the_matrix() {
+    for kernel in kernels() {
+        // one k-block and several (in > KC), edge panels (out not a multiple of NR)
+        for (out, inn) in [(5, 7), (33, 40), (70, 800)] {
+            let w = filled(out, inn, (out * inn) as u64);
+            let whole = PanelWeight::with_kernel(w.view(), kernel).unwrap();
+            // a reused, dirty buffer of the wrong size
+            let storage = vec![f32::NAN; 3];
+            let rows = PanelWeight::from_rows(kernel, (out, inn), storage, |r, buf| {
+                buf.copy_from_slice(w.row(r).as_slice().unwrap())
+            })
+            .unwrap();
+            assert_eq!(rows, whole, "{kernel:?} [{out}, {inn}]");
+            let storage = rows.into_storage();
+            let again = PanelWeight::from_rows(kernel, (out, inn), storage, |r, buf| {
+                buf.copy_from_slice(w.row(r).as_slice().unwrap())
+            })
+            .unwrap();
+            assert_eq!(again, whole);
+        }
+    }
+}
