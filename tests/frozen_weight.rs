@@ -11,8 +11,11 @@
 //! - `lora_frozen_linear` over a packed weight equals `lora_linear` over the widened one bit for
 //!   bit (one LoRA path for both storages).
 
-use half::{bf16, f16};
+#[path = "common/packed_bytes.rs"]
+mod packed_bytes;
+
 use ndarray::{Array, Array1, Array2, Array3, ArrayD, Ix2, IxDyn};
+use packed_bytes::random_packed_bytes;
 use spry::io::{PackedFormat, PackedMatrix};
 use spry::kernels::panel_gemm::PanelWeight;
 use spry::kernels::{
@@ -36,40 +39,9 @@ fn rng(seed: u64) -> KeyedRng {
     KeyedRng::new(seed, Domain::Data, &[0xF0])
 }
 
-/// Random stored bytes of a `[rows, cols]` matrix: f16/bf16 values in ±2, block scales in
-/// ±0.1 (minimums in ±0.5), random quants.
+/// A random `[rows, cols]` matrix in `format` (`packed_bytes::random_packed_bytes`).
 fn random_packed(format: PackedFormat, rows: usize, cols: usize, seed: u64) -> PackedMatrix {
-    let mut r = rng(seed);
-    let mut bytes = Vec::new();
-    let f16_bytes = |x: f64| f16::from_f64(x).to_bits().to_le_bytes();
-    match format {
-        PackedFormat::F16 => {
-            for _ in 0..rows * cols {
-                bytes.extend(f16_bytes(r.uniform_in(-2.0, 2.0)));
-            }
-        }
-        PackedFormat::BF16 => {
-            for _ in 0..rows * cols {
-                bytes.extend(
-                    bf16::from_f64(r.uniform_in(-2.0, 2.0))
-                        .to_bits()
-                        .to_le_bytes(),
-                );
-            }
-        }
-        _ => {
-            let (block, block_bytes) = format.block_layout();
-            for _ in 0..rows * cols / block {
-                bytes.extend(f16_bytes(r.uniform_in(-0.1, 0.1)));
-                let mut rest = block_bytes - 2;
-                if format == PackedFormat::Q4_1 {
-                    bytes.extend(f16_bytes(r.uniform_in(-0.5, 0.5)));
-                    rest -= 2;
-                }
-                bytes.extend((0..rest).map(|_| r.below(256) as u8));
-            }
-        }
-    }
+    let bytes = random_packed_bytes(format, rows, cols, &mut rng(seed));
     PackedMatrix::new(format, rows, cols, bytes).unwrap()
 }
 
@@ -78,6 +50,17 @@ fn random_array<F: Float>(shape: &[usize], seed: u64) -> ArrayD<F> {
     let mut a = ArrayD::<F>::zeros(IxDyn(shape));
     r.fill_normal(a.as_slice_mut().unwrap());
     a
+}
+
+/// A dual f32 matrix of `shape` with K tangents (a LoRA factor).
+fn random_dual2(k: usize, shape: [usize; 2], seed: u64) -> Dual<f32, Ix2> {
+    let p = random_array::<f32>(&shape, seed)
+        .into_dimensionality()
+        .unwrap();
+    let t = random_array::<f32>(&[k, shape[0], shape[1]], seed + 1)
+        .into_dimensionality()
+        .unwrap();
+    Dual::with_tangent(p, Some(t)).unwrap()
 }
 
 /// A dual `[2, 5, cols]` input with K tangents (or none).
@@ -208,7 +191,8 @@ fn packed_matrix_rejects_bad_sizes_and_selects_rows() {
     }
     // an f16 infinity at [1, 2]
     let mut bytes = vec![0u8; 2 * 4 * 2];
-    bytes[(4 + 2) * 2..(4 + 2) * 2 + 2].copy_from_slice(&f16::INFINITY.to_bits().to_le_bytes());
+    bytes[(4 + 2) * 2..(4 + 2) * 2 + 2]
+        .copy_from_slice(&half::f16::INFINITY.to_bits().to_le_bytes());
     let p = PackedMatrix::new(PackedFormat::F16, 2, 4, bytes).unwrap();
     assert_eq!(p.first_non_finite(), Some(6));
 }
@@ -406,16 +390,10 @@ fn lora_frozen_linear_equals_lora_linear_on_the_widened_weight_bit_for_bit() {
         let p = random_packed(format, out, inp, seed);
         let dense = p.to_dense::<f32>();
         let bias = Array1::from_shape_fn(out, |i| i as f32 * 0.01);
-        let dual2 = |shape: [usize; 2], s: u64| {
-            let p = random_array::<f32>(&shape, s)
-                .into_dimensionality()
-                .unwrap();
-            let t = random_array::<f32>(&[k, shape[0], shape[1]], s + 1)
-                .into_dimensionality()
-                .unwrap();
-            Dual::with_tangent(p, Some(t)).unwrap()
-        };
-        let (a, b) = (dual2([r, inp], seed + 2), dual2([out, r], seed + 4));
+        let (a, b) = (
+            random_dual2(k, [r, inp], seed + 2),
+            random_dual2(k, [out, r], seed + 4),
+        );
         let x = random_x::<f32>(inp, Some(k), seed + 6);
         let mask = Array3::from_shape_fn(x.primal().raw_dim(), |(i, j, c)| {
             if (i + 3 * j + 7 * c) % 5 == 0 {
@@ -501,16 +479,10 @@ fn panel_linear_equals_the_matrixmultiply_path() {
             }
             if let Some(k) = k {
                 let r = 2;
-                let dual2 = |shape: [usize; 2], s: u64| {
-                    let p = random_array::<f32>(&shape, s)
-                        .into_dimensionality()
-                        .unwrap();
-                    let t = random_array::<f32>(&[k, shape[0], shape[1]], s + 1)
-                        .into_dimensionality()
-                        .unwrap();
-                    Dual::with_tangent(p, Some(t)).unwrap()
-                };
-                let (a, b) = (dual2([r, inp], seed + 4), dual2([out, r], seed + 6));
+                let (a, b) = (
+                    random_dual2(k, [r, inp], seed + 4),
+                    random_dual2(k, [out, r], seed + 6),
+                );
                 let got = lora_frozen_linear_panels(
                     &x,
                     &w,

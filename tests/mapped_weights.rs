@@ -13,13 +13,15 @@
 mod assets;
 #[path = "common/gguf_writer.rs"]
 mod gguf_writer;
+#[path = "common/packed_bytes.rs"]
+mod packed_bytes;
 #[path = "common/temp_file.rs"]
 mod temp_file;
 
 use assets::asset;
 use gguf_writer::{build, tensor};
-use half::{bf16, f16};
 use ndarray::Array2;
+use packed_bytes::random_packed_bytes;
 use proptest::prelude::*;
 use spry::io::{
     GgufFile, LlamaConfig, PackedFormat, PackedMatrix, unpermute_rope_rows,
@@ -115,26 +117,7 @@ fn mapped_smollm2_gives_the_logits_and_loss_of_the_file_read_into_memory() {
 /// Random stored bytes of a `[rows, cols]` matrix with finite values.
 fn random_bytes(format: PackedFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let mut r = KeyedRng::new(seed, Domain::Data, &[0x3a]);
-    let f16_bytes = |x: f64| f16::from_f64(x).to_bits().to_le_bytes();
-    let mut bytes = Vec::new();
-    match format {
-        PackedFormat::F16 => (0..rows * cols).for_each(|_| bytes.extend(f16_bytes(r.normal()))),
-        PackedFormat::BF16 => (0..rows * cols)
-            .for_each(|_| bytes.extend(bf16::from_f64(r.normal()).to_bits().to_le_bytes())),
-        _ => {
-            let (block, block_bytes) = format.block_layout();
-            for _ in 0..rows * cols / block {
-                bytes.extend(f16_bytes(r.uniform_in(-0.1, 0.1)));
-                let mut rest = block_bytes - 2;
-                if format == PackedFormat::Q4_1 {
-                    bytes.extend(f16_bytes(r.uniform_in(-0.5, 0.5)));
-                    rest -= 2;
-                }
-                bytes.extend((0..rest).map(|_| r.below(256) as u8));
-            }
-        }
-    }
-    bytes
+    random_packed_bytes(format, rows, cols, &mut r)
 }
 
 const FORMATS: [(PackedFormat, u32); 5] = [

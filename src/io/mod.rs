@@ -55,6 +55,17 @@ pub use weights::{SkippedTensor, Weights};
 /// # Errors
 /// - [`Error::Io`] naming the file that could not be written or renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// The hidden temporary file beside `path` that an atomic write goes through: `.<name>.tmp`.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map_or_else(
         || std::ffi::OsString::from("file"),
         std::ffi::OsStr::to_os_string,
@@ -62,13 +73,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    path.with_file_name(tmp_name)
 }
 
 /// Environment variable naming the folder of the real model files.

@@ -244,14 +244,7 @@ impl GgufWriter {
         D: FnMut(usize, &GgufTensorSpec, &mut dyn Write) -> std::io::Result<()>,
     {
         let path = path.as_ref();
-        let name = path.file_name().map_or_else(
-            || std::ffi::OsString::from("file"),
-            std::ffi::OsStr::to_os_string,
-        );
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(".tmp");
-        let tmp = path.with_file_name(tmp_name);
+        let tmp = crate::io::temp_path(path);
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |source| Error::Io { path: p, source }
