@@ -69,15 +69,26 @@ pub fn reset_peak_rss() -> bool {
 mod tests {
     use super::*;
 
+    /// The memory tests below allocate 64 MiB each and read the process's peak: run together,
+    /// one's freed allocation would already stand in the other's "before" peak, so they take
+    /// turns.
+    static MEMORY_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn peak_is_at_least_current_and_grows_with_an_allocation() {
+        let _turn = MEMORY_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let before = peak_rss_mib().expect("Linux reports VmHWM");
         let cur = current_rss_mib().expect("Linux reports VmRSS");
         assert!(before >= cur - 1.0);
-        let big = vec![1u8; 64 << 20];
+        // enough to pass the old peak (another test's freed allocation may stand in it) by 64 MiB
+        let mib = (before - cur).max(0.0).ceil() as usize + 64;
+        let big = vec![1u8; mib << 20];
         std::hint::black_box(&big);
         let after = peak_rss_mib().unwrap();
-        assert!(after >= before + 60.0, "peak {before} -> {after}");
+        assert!(
+            after >= before + 60.0,
+            "peak {before} -> {after} (current was {cur})"
+        );
     }
 
     #[test]
@@ -85,6 +96,7 @@ mod tests {
         // Other tests run in this process meanwhile, so only growth that this test causes itself
         // and no other test could undo is asserted (tests/mapped_weights.rs measures the
         // anonymous side in a process of its own).
+        let _turn = MEMORY_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let before = rss_breakdown_mib().expect("Linux reports RssAnon and RssFile");
         assert!(before.anon > 0.0 && before.file > 0.0, "{before:?}");
         let big = vec![1u8; 64 << 20];
